@@ -1,0 +1,191 @@
+"""The ``llm-rpc`` command: ``serve``, ``call`` and ``openrpc``.
+
+Imports are lazy: ``serve --stdio`` on the mock must start fast (shell scripts start it per call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    value = int(float(number) * factor)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-rpc", description="JSON-RPC 2.0 gateway to LLM providers.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="serve JSON-RPC on stdio, TCP and/or Unix sockets")
+    serve.add_argument("--stdio", action="store_true", help="serve stdin/stdout (the default)")
+    serve.add_argument(
+        "--tcp", action="append", default=[], metavar="HOST:PORT", help="listen on TCP (port 0: any)"
+    )
+    serve.add_argument(
+        "--unix", action="append", default=[], metavar="PATH", help="listen on a Unix socket (mode 0600)"
+    )
+    serve.add_argument("--config", default=None, help="config file (default: $LLM_RPC_CONFIG, else the mock)")
+    serve.add_argument(
+        "--max-message-bytes", type=_size, default=16 * 1024 * 1024, help="largest message (16MiB)"
+    )
+    serve.add_argument("--max-in-flight", type=int, default=1024, help="per-connection in-flight cap (1024)")
+    serve.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests at stop"
+    )
+    serve.add_argument(
+        "--auth-token-env", default=None, metavar="VAR", help="require `auth` with the token in $VAR"
+    )
+    serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio", help="anyio event loop")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="json", choices=["json", "text"])
+
+    call = sub.add_parser("call", help="call one method and print its result as JSON")
+    call.add_argument("method")
+    call.add_argument("params", nargs="?", default=None, help="params as JSON, or - to read them from stdin")
+    call.add_argument("--tcp", default=None, metavar="HOST:PORT", help="call a running server over TCP")
+    call.add_argument("--unix", default=None, metavar="PATH", help="call a running server over a Unix socket")
+    call.add_argument("--config", default=None, help="config file for an in-process call")
+    call.add_argument(
+        "--auth-token-env", default=None, metavar="VAR", help="authenticate with the token in $VAR"
+    )
+
+    sub.add_parser("openrpc", help="print the OpenRPC document (contracts/openrpc.json)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from llm_rpc._version import __version__
+
+        print(__version__)
+        return EXIT_OK
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "call":
+        return _call(args, parser)
+    if args.command == "openrpc":
+        return _openrpc()
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from llm_rpc._log import configure_logging
+    from llm_rpc.errors import ConfigError
+    from llm_rpc.server import ServeOptions, parse_host_port, run
+
+    configure_logging(args.log_level, args.log_format)
+    try:
+        tcp = [parse_host_port(t) for t in args.tcp]
+    except ValueError as exc:
+        print(f"llm-rpc serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    options = ServeOptions(
+        stdio=args.stdio,
+        tcp=tcp,
+        unix=args.unix,
+        config=args.config,
+        max_message_bytes=args.max_message_bytes,
+        max_in_flight=args.max_in_flight,
+        drain_timeout=args.drain_timeout,
+        auth_token_env=args.auth_token_env,
+        backend=args.backend,
+    )
+    try:
+        return run(options)
+    except ConfigError as exc:
+        print(f"llm-rpc serve: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _call(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import msgspec
+
+    raw = args.params
+    if raw == "-":
+        raw = sys.stdin.read()
+    params: Any = None
+    if raw is not None and raw.strip():
+        try:
+            params = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            print(f"llm-rpc call: PARAMS_JSON is not valid JSON: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.tcp and args.unix:
+        print("llm-rpc call: give --tcp or --unix, not both", file=sys.stderr)
+        return EXIT_USAGE
+
+    import anyio
+
+    from llm_rpc.client import Client, error_from_wire
+
+    async def remote() -> Any:
+        if args.tcp:
+            from llm_rpc.server import parse_host_port
+
+            host, port = parse_host_port(args.tcp)
+            ctx = Client.connect_tcp(host, port)
+        else:
+            ctx = Client.connect_unix(args.unix)
+        async with ctx as client:
+            if args.auth_token_env:
+                await client.call("auth", {"token": os.environ.get(args.auth_token_env, "")})
+            return await client.call(args.method, params)
+
+    async def local() -> Any:
+        from llm_rpc._inprocess import call_in_process
+
+        reply = await call_in_process(args.method, params, config=args.config)
+        if "error" in reply:
+            raise error_from_wire(reply["error"])
+        return reply.get("result")
+
+    try:
+        result = anyio.run(remote if (args.tcp or args.unix) else local)
+    except OSError as exc:
+        print(f"llm-rpc call: cannot reach the server: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        code = getattr(exc, "code", None)
+        data = getattr(exc, "data", None)
+        message = getattr(exc, "message", None)
+        if code is None or message is None:
+            raise
+        error = {"code": code, "message": message, "data": data}
+        sys.stderr.write(msgspec.json.encode(error).decode() + "\n")
+        return EXIT_ERROR
+    sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    return EXIT_OK
+
+
+def _openrpc() -> int:
+    import msgspec
+
+    from llm_rpc._inprocess import openrpc
+
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(openrpc()), indent=2).decode() + "\n")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

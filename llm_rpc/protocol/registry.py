@@ -1,0 +1,108 @@
+"""The method table: for each method its name, params Struct, result type and handler.
+
+One explicit instance (never a module global) is the single source of truth: dispatch decodes
+params with the Decoder built here once per method, and ``rpc.discover`` / contracts/openrpc.json
+are generated from the same entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from llm_rpc.protocol.dispatch import Session
+
+__all__ = ["Method", "MethodTable", "RequestContext"]
+
+
+class RequestContext:
+    """What a handler may know of the request it serves: its id, its connection, a way to notify."""
+
+    __slots__ = ("request_id", "session")
+
+    def __init__(self, session: Session, request_id: Any) -> None:
+        self.session = session
+        self.request_id = request_id
+
+    def notify(self, method: str, params: Any) -> None:
+        """Send a notification to this request's client (e.g. stream deltas), in order, never interleaved."""
+        self.session.send_notification(method, params)
+
+    @property
+    def peer(self) -> str:
+        return self.session.peer
+
+
+Handler = Callable[[Any, RequestContext], Awaitable[Any]]
+InlineHandler = Callable[[Any, RequestContext], Any]
+
+
+@dataclass(slots=True)
+class Method:
+    """One registered method."""
+
+    name: str
+    params_type: type[msgspec.Struct] | None
+    result_type: Any
+    handler: Handler | InlineHandler
+    inline: bool
+    summary: str
+    description: str
+    errors: tuple[str, ...]
+    notification: bool
+    decoder: msgspec.json.Decoder[Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.params_type is not None:
+            self.decoder = msgspec.json.Decoder(self.params_type)
+
+
+class MethodTable:
+    """Name → Method. Handlers are ``async def`` unless registered ``inline`` (then plain ``def``
+    that must not block: they run inside the connection's read loop, saving a task per call)."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, Method] = {}
+
+    def add(
+        self,
+        name: str,
+        handler: Handler | InlineHandler,
+        *,
+        params: type[msgspec.Struct] | None,
+        result: Any,
+        summary: str = "",
+        description: str = "",
+        inline: bool = False,
+        errors: tuple[str, ...] = (),
+        notification: bool = False,
+    ) -> None:
+        if name in self._methods:
+            raise ValueError(f"method {name!r} registered twice")
+        self._methods[name] = Method(
+            name=name,
+            params_type=params,
+            result_type=result,
+            handler=handler,
+            inline=inline,
+            summary=summary,
+            description=description or (handler.__doc__ or "").strip(),
+            errors=errors,
+            notification=notification,
+        )
+
+    def get(self, name: str) -> Method | None:
+        return self._methods.get(name)
+
+    def __iter__(self) -> Any:
+        return iter(self._methods.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._methods
+
+    def names(self) -> list[str]:
+        return sorted(self._methods)

@@ -1,0 +1,156 @@
+"""Plumbing shared by the HTTP providers: exception translation, status classification, retry hints.
+
+Every call to the HTTP client runs inside ``map_transport_errors(backend)``, so nothing above the
+providers ever sees an httpx type. Messages are built from our own fields: an upstream exception's
+text (which may quote a URL or a header) never becomes part of an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from llm_rpc import errors
+from llm_rpc._secret import redact
+from llm_rpc.providers._client import httpx
+
+__all__ = [
+    "classify_status",
+    "error_from_status",
+    "map_transport_errors",
+    "parse_duration",
+    "retry_after_from_headers",
+    "should_retry_from_headers",
+]
+
+_MAX_PROVIDER_MESSAGE = 500
+
+
+@contextlib.contextmanager
+def map_transport_errors(backend: str) -> Iterator[None]:
+    """Translate the HTTP client's exceptions into ``ProviderError`` subclasses (most specific first)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise errors.UpstreamTimeoutError(
+            f"{backend}: upstream timed out ({type(exc).__name__})", backend=backend
+        ) from None
+    except (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+        raise errors.UpstreamConnectionError(
+            f"{backend}: connection failed ({type(exc).__name__})", backend=backend
+        ) from None
+    except (httpx.RemoteProtocolError, httpx.LocalProtocolError, httpx.DecodingError) as exc:
+        raise errors.UpstreamProtocolError(
+            f"{backend}: invalid HTTP from upstream ({type(exc).__name__})", backend=backend
+        ) from None
+    except httpx.TransportError as exc:
+        raise errors.UpstreamConnectionError(
+            f"{backend}: transport error ({type(exc).__name__})", backend=backend
+        ) from None
+
+
+def classify_status(status: int) -> type[errors.ProviderError]:
+    """The error class for an HTTP status alone (providers refine it with the body)."""
+    if status in (401, 403):
+        return errors.AuthError
+    if status == 402:
+        return errors.BillingError
+    if status == 429:
+        return errors.RateLimitedError
+    if status in (408, 504):
+        return errors.UpstreamTimeoutError
+    if status in (503, 529):
+        return errors.OverloadedError
+    if status in (400, 404, 405, 413, 415, 422):
+        return errors.BadRequestError
+    if status == 409 or status >= 500:
+        return errors.ServerError
+    return errors.BadRequestError
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds from ``"1.5"``, ``"37s"``, ``"12ms"`` or a Go-style ``"6m0s"``; None if unparseable."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    total = 0.0
+    number = ""
+    i = 0
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    while i < len(text):
+        ch = text[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = text[i : i + 2] if text[i : i + 2] in units else ch
+        if unit not in units or not number:
+            return None
+        total += float(number) * units[unit]
+        number = ""
+        i += len(unit)
+    if number:
+        return None
+    return total
+
+
+def retry_after_from_headers(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` then ``retry-after`` (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(ms) / 1000)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    if seconds is not None:
+        return seconds
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+    return None
+
+
+def should_retry_from_headers(headers: Mapping[str, str]) -> bool | None:
+    """The provider's ``x-should-retry`` verdict, when it sent one."""
+    value = headers.get("x-should-retry")
+    if value is None:
+        return None
+    value = value.strip().lower()
+    return True if value == "true" else False if value == "false" else None
+
+
+def error_from_status(
+    cls: type[errors.ProviderError],
+    *,
+    backend: str,
+    status: int | None,
+    provider_message: str | None,
+    headers: Mapping[str, str] | None = None,
+    retry_after: float | None = None,
+    **data: Any,
+) -> errors.ProviderError:
+    """A ``ProviderError`` with our own message; the provider's text goes in ``data``, scrubbed and capped."""
+    if provider_message is not None:
+        provider_message = redact(provider_message)[:_MAX_PROVIDER_MESSAGE]
+    hdrs = headers or {}
+    if retry_after is None:
+        retry_after = retry_after_from_headers(hdrs)
+    what = f"HTTP {status}" if status is not None else "error"
+    return cls(
+        f"{backend}: {cls.type} ({what})",
+        backend=backend,
+        status=status,
+        retry_after=retry_after,
+        provider_message=provider_message,
+        should_retry=should_retry_from_headers(hdrs),
+        **data,
+    )

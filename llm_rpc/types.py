@@ -1,0 +1,156 @@
+"""Public wire types shared by every layer: what callers send and what they get back.
+
+Structs for what clients send forbid unknown fields, so a typo is an error with its path; replies
+omit fields left at their defaults. The same Structs generate contracts/openrpc.json.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "BackendHealth",
+    "ExecuteParams",
+    "ExecuteResult",
+    "HealthResult",
+    "Message",
+    "MockOptions",
+    "RunConfig",
+    "ToolCall",
+    "Usage",
+]
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+
+
+class _In(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Base of Structs decoded from client input: unknown keys are rejected with their path."""
+
+
+class _Out(Struct, kw_only=True, omit_defaults=True):
+    """Base of reply Structs: fields left at their default are omitted from the wire."""
+
+
+class ToolCall(_Out):
+    """One tool call requested by the model; ``arguments`` is a JSON string, exactly as produced."""
+
+    id: str
+    name: str
+    arguments: str
+    type: Literal["function"] = "function"
+
+
+class Message(_In):
+    """An OpenAI-style chat message."""
+
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class RunConfig(_In):
+    """llm-connect's RunConfig: every field optional, llm-connect's names."""
+
+    model_name: str | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    max_tokens: PositiveInt | None = None
+    timeout_seconds: PositiveFloat | None = None
+
+
+class MockOptions(_In):
+    """Per-request overrides for the built-in ``mock`` provider, for clients' own tests."""
+
+    latency_ms: NonNegativeFloat | None = None
+    stream_delay_ms: NonNegativeFloat | None = None
+    fail_rate: Annotated[float, Meta(ge=0, le=1)] | None = None
+    fail_type: str | None = None
+
+
+class ExecuteParams(_In):
+    """Params of ``execute``: one prompt or one message list, and how to run it."""
+
+    prompt: str | None = None
+    messages: Annotated[list[Message], Meta(min_length=1)] | None = None
+    model: str | None = None
+    config: RunConfig | None = None
+    agent_id: str | None = None
+    chain_id: str | None = None
+    task_type: str | None = None
+    metadata: dict[str, Any] | None = None
+    mock: MockOptions | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of `prompt` and `messages` is required")
+
+    def chat_messages(self) -> list[Message]:
+        """The conversation as messages (``prompt`` becomes one user message)."""
+        if self.messages is not None:
+            return self.messages
+        return [Message(role="user", content=self.prompt)]
+
+    def requested_model(self) -> str | None:
+        """``model``, else llm-connect's ``config.model_name`` alias."""
+        if self.model is not None:
+            return self.model
+        return self.config.model_name if self.config is not None else None
+
+
+class Usage(_Out):
+    """Token counts; ``prompt_tokens`` includes cached input, ``completion_tokens`` reasoning."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class ExecuteResult(_Out):
+    """The normalized result of ``execute``, whichever provider answered."""
+
+    content: str | None
+    model: str
+    provider: str
+    backend: str
+    usage: Usage
+    finish_reason: FinishReason
+    latency_ms: float
+    cost_usd: float | None
+    metadata: dict[str, Any]
+    tool_calls: list[ToolCall] | None = None
+    native_finish_reason: str | None = None
+    id: str | None = None
+    attempts: int = 1
+    overhead_us: float | None = None
+    raw: msgspec.Raw | None = None
+
+
+class BackendHealth(_Out):
+    """One backend as ``health`` reports it."""
+
+    name: str
+    provider: str
+    state: Literal["healthy", "cooling_down", "probing"] = "healthy"
+    in_flight: int = 0
+    key: Literal["set", "missing", "not_needed"] = "not_needed"
+
+
+class HealthResult(_Out):
+    """The result of ``health``."""
+
+    status: Literal["ok", "draining"]
+    version: str
+    uptime_s: float
+    in_flight: int
+    backends: list[BackendHealth]
