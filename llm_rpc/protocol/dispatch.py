@@ -144,7 +144,7 @@ class Session:
         self._idle = anyio.Event()
         self._idle.set()
         self._in_flight: dict[Any, anyio.CancelScope] = {}
-        self._cancel_requested: set[int] = set()
+        self._cancel_reasons: dict[Any, str] = {}
 
     # -- inbound ---------------------------------------------------------------------------------
 
@@ -169,6 +169,16 @@ class Session:
         id_raw = env.id
         is_notification = len(id_raw) == 0
         id_bytes = _NULL_ID if is_notification else bytes(id_raw)
+        if not is_notification and id_bytes[0] == 0x22:  # a string id: its bytes must be valid UTF-8 JSON
+            try:
+                _any_decoder.decode(id_bytes)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                return _error_body(
+                    _NULL_ID,
+                    _codes.PARSE_ERROR,
+                    "Parse error",
+                    {"type": "parse_error", "reason": "invalid JSON or UTF-8"},
+                )
         if not is_notification and id_bytes[0] not in _ID_START:
             return _error_body(
                 _NULL_ID,
@@ -221,6 +231,8 @@ class Session:
         try:
             params = self._decode_params(method, params_raw)
         except RpcError as err:
+            if err.code == _codes.PARSE_ERROR:
+                return _rpc_error_body(_NULL_ID, err)
             return None if is_notification else _rpc_error_body(id_bytes, err)
 
         dispatcher = self.dispatcher
@@ -246,13 +258,21 @@ class Session:
         decoder = method.decoder
         if decoder is None:
             return None
-        data = bytes(raw) if len(raw) else b"{}"
+        if len(raw):
+            data = bytes(raw)
+        else:
+            data = b"{}" if method.by_name else b"[]"
         try:
-            if data[:1] == b"[":
+            if method.by_name and data[:1] == b"[":
                 return self._decode_positional(method, data)
             return decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise RpcError(_codes.INVALID_PARAMS, "Invalid params", validation_error_data(exc)) from None
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            # The envelope decoder skips over params without checking their UTF-8 or every token.
+            raise RpcError(
+                _codes.PARSE_ERROR, "Parse error", {"type": "parse_error", "reason": "invalid JSON or UTF-8"}
+            ) from None
 
     @staticmethod
     def _decode_positional(method: Method, data: bytes) -> Any:
@@ -372,7 +392,7 @@ class Session:
                 except Exception as exc:
                     reply = _rpc_error_body(id_bytes, self._to_rpc_error(exc, method.name))
             if scope.cancelled_caught:
-                reason = "the client cancelled the request"
+                reason = self._cancel_reasons.pop(key, "the client cancelled the request")
                 reply = _error_body(
                     id_bytes,
                     _codes.REQUEST_CANCELLED,
@@ -431,6 +451,13 @@ class Session:
             return False
         scope.cancel()
         return True
+
+    def cancel_all(self, reason: str) -> int:
+        """Cancel every in-flight request; each answers -32800 with ``reason``. Returns how many."""
+        for key, scope in list(self._in_flight.items()):
+            self._cancel_reasons[key] = reason
+            scope.cancel()
+        return len(self._in_flight)
 
     @property
     def active(self) -> int:

@@ -46,7 +46,7 @@ class Method:
     """One registered method."""
 
     name: str
-    params_type: type[msgspec.Struct] | None
+    params_type: Any
     result_type: Any
     handler: Handler | InlineHandler
     inline: bool
@@ -55,15 +55,20 @@ class Method:
     errors: tuple[str, ...]
     notification: bool
     decoder: msgspec.json.Decoder[Any] | None = field(default=None, repr=False)
+    by_name: bool = False
 
     def __post_init__(self) -> None:
         if self.params_type is not None:
             self.decoder = msgspec.json.Decoder(self.params_type)
+        self.by_name = isinstance(self.params_type, type) and issubclass(self.params_type, msgspec.Struct)
 
 
 class MethodTable:
     """Name → Method. Handlers are ``async def`` unless registered ``inline`` (then plain ``def``
-    that must not block: they run inside the connection's read loop, saving a task per call)."""
+    that must not block: they run inside the connection's read loop, saving a task per call).
+
+    ``params`` is normally a Struct (by-name params; a positional array is mapped onto its fields
+    in order), but may be any msgspec type, e.g. ``list[int]`` for a variadic method."""
 
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
@@ -73,7 +78,7 @@ class MethodTable:
         name: str,
         handler: Handler | InlineHandler,
         *,
-        params: type[msgspec.Struct] | None,
+        params: Any,
         result: Any,
         summary: str = "",
         description: str = "",

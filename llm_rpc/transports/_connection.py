@@ -131,11 +131,13 @@ async def serve_connection(
                 if session.active:
                     with anyio.move_on_after(lifecycle.drain_timeout):
                         await session.wait_idle()
-                    if session.active:
-                        log.warning(
-                            "drain timeout: cancelling requests",
-                            extra={"peer": peer, "requests": session.active},
-                        )
+                if session.active:
+                    log.warning(
+                        "drain timeout: cancelling requests", extra={"peer": peer, "requests": session.active}
+                    )
+                    session.cancel_all("the server stopped before the request finished (drain timeout)")
+                    with anyio.move_on_after(1.0):
+                        await session.wait_idle()
                 session.closed = True
                 req_tg.cancel_scope.cancel()
         finally:
