@@ -31,7 +31,7 @@ def server_env() -> Iterator[dict[str, str]]:
     """Environment for a server subprocess: this checkout importable, no user config."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_RPC_")}
     env["PYTHONPATH"] = str(ROOT)
-    yield env
+    return env
 
 
 def server_argv(*args: str) -> list[str]:

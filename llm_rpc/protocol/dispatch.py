@@ -258,10 +258,7 @@ class Session:
         decoder = method.decoder
         if decoder is None:
             return None
-        if len(raw):
-            data = bytes(raw)
-        else:
-            data = b"{}" if method.by_name else b"[]"
+        data = bytes(raw) if len(raw) else b"{}" if method.by_name else b"[]"
         try:
             if method.by_name and data[:1] == b"[":
                 return self._decode_positional(method, data)
@@ -386,9 +383,7 @@ class Session:
                 ctx = RequestContext(self, None if is_notification else id_bytes)
                 try:
                     result = await method.handler(params, ctx)
-                    reply = (
-                        b'{"jsonrpc":"2.0","id":' + id_bytes + b',"result":' + _encoder.encode(result) + b"}"
-                    )
+                    reply = b'{"jsonrpc":"2.0","id":' + id_bytes + b',"result":' + _encoder.encode(result) + b"}"
                 except Exception as exc:
                     reply = _rpc_error_body(id_bytes, self._to_rpc_error(exc, method.name))
             if scope.cancelled_caught:
@@ -437,11 +432,7 @@ class Session:
     def send_notification(self, method: str, params: Any) -> None:
         if not self.closed:
             self._send(
-                b'{"jsonrpc":"2.0","method":'
-                + _encoder.encode(method)
-                + b',"params":'
-                + _encoder.encode(params)
-                + b"}"
+                b'{"jsonrpc":"2.0","method":' + _encoder.encode(method) + b',"params":' + _encoder.encode(params) + b"}"
             )
 
     def cancel(self, request_id: Any) -> bool:

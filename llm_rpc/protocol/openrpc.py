@@ -51,9 +51,7 @@ def openrpc_document(
         else:
             entry["result"] = {"name": "result", "schema": result_schema}
         if m.errors:
-            entry["errors"] = [
-                {"code": codes[t], "message": t, "data": {"type": t}} for t in m.errors if t in codes
-            ]
+            entry["errors"] = [{"code": codes[t], "message": t, "data": {"type": t}} for t in m.errors if t in codes]
         out_methods.append(entry)
     return {
         "openrpc": "1.3.2",

@@ -132,9 +132,7 @@ async def serve_connection(
                     with anyio.move_on_after(lifecycle.drain_timeout):
                         await session.wait_idle()
                 if session.active:
-                    log.warning(
-                        "drain timeout: cancelling requests", extra={"peer": peer, "requests": session.active}
-                    )
+                    log.warning("drain timeout: cancelling requests", extra={"peer": peer, "requests": session.active})
                     session.cancel_all("the server stopped before the request finished (drain timeout)")
                     with anyio.move_on_after(1.0):
                         await session.wait_idle()
@@ -147,9 +145,7 @@ async def serve_connection(
             await channel.aclose()
 
 
-async def _read_loop(
-    channel: ByteChannel, session: Session, framer_slot: list[Framer], max_bytes: int
-) -> None:
+async def _read_loop(channel: ByteChannel, session: Session, framer_slot: list[Framer], max_bytes: int) -> None:
     pending = b""
     while True:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import anyio
@@ -50,9 +51,7 @@ async def test_an_id_that_is_not_a_string_number_or_null_is_an_invalid_request(r
         ('{"jsonrpc":"2.0","id":1}', "method"),
     ],
 )
-async def test_malformed_request_objects_get_invalid_request_with_their_id(
-    frame: str, reason_part: str
-) -> None:
+async def test_malformed_request_objects_get_invalid_request_with_their_id(frame: str, reason_part: str) -> None:
     async with harness() as h:
         h.feed(frame)
         (reply,) = await h.settle()
@@ -143,7 +142,7 @@ async def test_past_the_in_flight_cap_a_request_is_refused_at_once() -> None:
     gate = Gate()
     async with harness(spec_table(gate), max_in_flight=2) as h:
         for i in range(3):
-            h.feed('{"jsonrpc":"2.0","id":%d,"method":"slow","params":{"value":%d}}' % (i, i))
+            h.feed(json.dumps({"jsonrpc": "2.0", "id": i, "method": "slow", "params": {"value": i}}))
         with anyio.fail_after(5):
             while not h.raw:
                 await anyio.sleep(0.001)
@@ -169,7 +168,7 @@ async def test_an_unexpected_exception_becomes_internal_error_without_its_text(
 ) -> None:
     secret = Secret("sk-dispatch-canary-5e6f7a8b9c0d")
     async with harness() as h:
-        h.feed('{"jsonrpc":"2.0","id":1,"method":"crash","params":{"value":"%s"}}' % secret.reveal())
+        h.feed(f'{{"jsonrpc":"2.0","id":1,"method":"crash","params":{{"value":"{secret.reveal()}"}}}}')
         with caplog.at_level(logging.ERROR, logger="llm_rpc"):
             (reply,) = await h.settle()
     error = reply["error"]

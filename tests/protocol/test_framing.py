@@ -117,9 +117,7 @@ VALID = b'{"jsonrpc":"2.0","id":"last","method":"subtract","params":[5,3]}'
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(garbage=st.binary(max_size=300), chunk=st.integers(min_value=1, max_value=64))
-def test_any_bytes_give_only_well_formed_replies_and_the_next_request_is_answered(
-    garbage: bytes, chunk: int
-) -> None:
+def test_any_bytes_give_only_well_formed_replies_and_the_next_request_is_answered(garbage: bytes, chunk: int) -> None:
     replies: list[bytes] = []
     dispatcher = Dispatcher(spec_table(), error_mapper=error_mapper)
     session = dispatcher.session(_NoTasks(), replies.append, peer="fuzz")  # type: ignore[arg-type]
@@ -136,9 +134,7 @@ def test_any_bytes_give_only_well_formed_replies_and_the_next_request_is_answere
 
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=200), chunk=st.integers(min_value=1, max_value=32))
-def test_any_lsp_body_gives_well_formed_replies_and_the_next_message_is_answered(
-    body: bytes, chunk: int
-) -> None:
+def test_any_lsp_body_gives_well_formed_replies_and_the_next_message_is_answered(body: bytes, chunk: int) -> None:
     replies: list[bytes] = []
     dispatcher = Dispatcher(spec_table(), error_mapper=error_mapper)
     session = dispatcher.session(_NoTasks(), replies.append, peer="fuzz")  # type: ignore[arg-type]

@@ -78,7 +78,7 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _valid(message: dict[str, Any]) -> bool:
-    return message["jsonrpc"] == "2.0"
+    return bool(message["jsonrpc"] == "2.0")
 
 
 @settings(max_examples=400, deadline=None)

@@ -108,9 +108,7 @@ def _strip_data(reply: Any) -> Any:
 
 
 @pytest.mark.parametrize(("name", "request_text", "expected"), EXAMPLES, ids=[e[0] for e in EXAMPLES])
-async def test_specification_example_is_answered_as_specified(
-    name: str, request_text: str, expected: Any
-) -> None:
+async def test_specification_example_is_answered_as_specified(name: str, request_text: str, expected: Any) -> None:
     async with harness() as h:
         h.feed(request_text.replace("\n", " "))
         replies = await h.settle()

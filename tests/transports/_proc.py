@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -71,9 +72,7 @@ class ServerProcess:
 
     def wait_stderr(self, predicate: Any, timeout: float = 10) -> str:
         with self._stderr_seen:
-            ok = self._stderr_seen.wait_for(
-                lambda: any(predicate(line) for line in self.stderr_lines), timeout=timeout
-            )
+            ok = self._stderr_seen.wait_for(lambda: any(predicate(line) for line in self.stderr_lines), timeout=timeout)
         assert ok, f"stderr never matched; got {self.stderr_lines!r}"
         return next(line for line in self.stderr_lines if predicate(line))
 
@@ -120,7 +119,5 @@ class ServerProcess:
         self.proc.wait(timeout=5)
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
-                try:
+                with contextlib.suppress(OSError):
                     pipe.close()
-                except OSError:
-                    pass

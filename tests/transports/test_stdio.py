@@ -59,9 +59,7 @@ def test_the_readme_one_shot_pipe_prints_one_result_and_exits_0(backend: str) ->
 
 def test_bad_frames_get_errors_and_the_next_request_is_served(spawn: type[ServerProcess]) -> None:
     server = spawn("--max-message-bytes", "200")
-    server.send(
-        b'{"jsonrpc":"2.0","id":"big","method":"execute","params":{"prompt":"' + b"x" * 500 + b'"}}\n'
-    )
+    server.send(b'{"jsonrpc":"2.0","id":"big","method":"execute","params":{"prompt":"' + b"x" * 500 + b'"}}\n')
     server.send(b'{"jsonrpc":"2.0","id":1,"method":"health"}\n')
     server.send(b'{"jsonrpc":"2.0","id":"\xff\xfe","method":"health"}\n')
     server.send(b'{"jsonrpc": "2.0", "method"\n')
