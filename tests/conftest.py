@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +22,6 @@ def canary_key(monkeypatch: pytest.MonkeyPatch) -> str:
     """A fake API key whose value must never show up in any output."""
     monkeypatch.setenv("LLM_RPC_TEST_CANARY_KEY", CANARY_KEY)
     return CANARY_KEY
-
-
-@pytest.fixture
-def server_env() -> Iterator[dict[str, str]]:
-    """Environment for a server subprocess: this checkout importable, no user config."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_RPC_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def server_argv(*args: str) -> list[str]:
