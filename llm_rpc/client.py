@@ -122,18 +122,24 @@ class Client:
     @contextlib.asynccontextmanager
     async def _running(cls, stream: anyio.abc.ByteStream) -> AsyncIterator[Client]:
         client = cls(stream)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(client._read_loop)
-            try:
-                yield client
-            finally:
-                client._closed = True
-                with anyio.CancelScope(shield=True):
-                    with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        await stream.send_eof()
-                tg.cancel_scope.cancel()
-                with anyio.CancelScope(shield=True):
-                    await stream.aclose()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client._read_loop)
+                try:
+                    yield client
+                finally:
+                    client._closed = True
+                    with anyio.CancelScope(shield=True):
+                        with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                            await stream.send_eof()
+                    tg.cancel_scope.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await stream.aclose()
+        except BaseExceptionGroup as group:
+            # The caller's own exception, not a group: the task group is an implementation detail.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
     # -- calls -----------------------------------------------------------------------------------
 

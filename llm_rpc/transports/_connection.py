@@ -117,32 +117,36 @@ async def serve_connection(
     def send(body: bytes) -> None:
         outbox.put(framer_slot[0].encode(body))
 
-    async with anyio.create_task_group() as conn_tg:
-        conn_tg.start_soon(_write_loop, channel, outbox, conn_tg.cancel_scope, peer)
-        try:
-            async with anyio.create_task_group() as req_tg:
-                session = dispatcher.session(req_tg, send, peer=peer, require_auth=require_auth)
-                with anyio.CancelScope() as read_scope:
-                    lifecycle.register(read_scope)
-                    try:
-                        await _read_loop(channel, session, framer_slot, max_message_bytes)
-                    finally:
-                        lifecycle.unregister(read_scope)
-                if session.active:
-                    with anyio.move_on_after(lifecycle.drain_timeout):
-                        await session.wait_idle()
-                if session.active:
-                    log.warning("drain timeout: cancelling requests", extra={"peer": peer, "requests": session.active})
-                    session.cancel_all("the server stopped before the request finished (drain timeout)")
-                    with anyio.move_on_after(1.0):
-                        await session.wait_idle()
-                session.closed = True
-                req_tg.cancel_scope.cancel()
-        finally:
-            outbox.close()
-    with anyio.CancelScope(shield=True):
-        with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await channel.aclose()
+    try:
+        async with anyio.create_task_group() as conn_tg:
+            conn_tg.start_soon(_write_loop, channel, outbox, conn_tg.cancel_scope, peer)
+            try:
+                async with anyio.create_task_group() as req_tg:
+                    session = dispatcher.session(req_tg, send, peer=peer, require_auth=require_auth)
+                    with anyio.CancelScope() as read_scope:
+                        lifecycle.register(read_scope)
+                        try:
+                            await _read_loop(channel, session, framer_slot, max_message_bytes)
+                        finally:
+                            lifecycle.unregister(read_scope)
+                    if session.active:
+                        with anyio.move_on_after(lifecycle.drain_timeout):
+                            await session.wait_idle()
+                    if session.active:
+                        log.warning(
+                            "drain timeout: cancelling requests", extra={"peer": peer, "requests": session.active}
+                        )
+                        session.cancel_all("the server stopped before the request finished (drain timeout)")
+                        with anyio.move_on_after(1.0):
+                            await session.wait_idle()
+                    session.closed = True
+                    req_tg.cancel_scope.cancel()
+            finally:
+                outbox.close()
+    finally:
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await channel.aclose()
 
 
 async def _read_loop(channel: ByteChannel, session: Session, framer_slot: list[Framer], max_bytes: int) -> None:
