@@ -136,7 +136,8 @@ class Upstream:
 
     def __exit__(self, *exc: object) -> None:
         self._stopping.set()
-        assert self._server is not None and self._thread is not None
+        assert self._server is not None
+        assert self._thread is not None
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
