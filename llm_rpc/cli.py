@@ -34,23 +34,15 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve JSON-RPC on stdio, TCP and/or Unix sockets")
     serve.add_argument("--stdio", action="store_true", help="serve stdin/stdout (the default)")
-    serve.add_argument(
-        "--tcp", action="append", default=[], metavar="HOST:PORT", help="listen on TCP (port 0: any)"
-    )
+    serve.add_argument("--tcp", action="append", default=[], metavar="HOST:PORT", help="listen on TCP (port 0: any)")
     serve.add_argument(
         "--unix", action="append", default=[], metavar="PATH", help="listen on a Unix socket (mode 0600)"
     )
     serve.add_argument("--config", default=None, help="config file (default: $LLM_RPC_CONFIG, else the mock)")
-    serve.add_argument(
-        "--max-message-bytes", type=_size, default=16 * 1024 * 1024, help="largest message (16MiB)"
-    )
+    serve.add_argument("--max-message-bytes", type=_size, default=16 * 1024 * 1024, help="largest message (16MiB)")
     serve.add_argument("--max-in-flight", type=int, default=1024, help="per-connection in-flight cap (1024)")
-    serve.add_argument(
-        "--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests at stop"
-    )
-    serve.add_argument(
-        "--auth-token-env", default=None, metavar="VAR", help="require `auth` with the token in $VAR"
-    )
+    serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests at stop")
+    serve.add_argument("--auth-token-env", default=None, metavar="VAR", help="require `auth` with the token in $VAR")
     serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio", help="anyio event loop")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="json", choices=["json", "text"])
@@ -61,9 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--tcp", default=None, metavar="HOST:PORT", help="call a running server over TCP")
     call.add_argument("--unix", default=None, metavar="PATH", help="call a running server over a Unix socket")
     call.add_argument("--config", default=None, help="config file for an in-process call")
-    call.add_argument(
-        "--auth-token-env", default=None, metavar="VAR", help="authenticate with the token in $VAR"
-    )
+    call.add_argument("--auth-token-env", default=None, metavar="VAR", help="authenticate with the token in $VAR")
 
     sub.add_parser("openrpc", help="print the OpenRPC document (contracts/openrpc.json)")
     return parser

@@ -16,9 +16,7 @@ from llm_rpc.errors import ConfigError
 
 __all__ = ["BackendConfig", "Config", "ModelPrice", "RouterSettings", "default_config", "load_config"]
 
-ProviderKind = Literal[
-    "openai", "anthropic", "gemini", "ollama", "xai", "openrouter", "openai-compatible", "mock"
-]
+ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "xai", "openrouter", "openai-compatible", "mock"]
 Strategy = Literal["failover", "round-robin", "least-loaded", "latency"]
 
 

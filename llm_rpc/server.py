@@ -164,9 +164,7 @@ async def serve(
                     from llm_rpc.transports.stdio import serve_stdio
 
                     tg.start_soon(
-                        partial(
-                            serve_stdio, dispatcher, lifecycle, max_message_bytes=options.max_message_bytes
-                        )
+                        partial(serve_stdio, dispatcher, lifecycle, max_message_bytes=options.max_message_bytes)
                     )
                 task_status.started(bound)
             outer.cancel_scope.cancel()

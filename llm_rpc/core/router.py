@@ -112,6 +112,39 @@ class Router:
                 params = msgspec.convert(kwargs, ExecuteParams)
             except msgspec.ValidationError as exc:
                 raise TypeError(f"invalid execute arguments: {exc}") from None
+        backend, request = self._prepare(params)
+        timeout = request.timeout
+        started = time.perf_counter()
+        backend.in_flight += 1
+        try:
+            with anyio.fail_after(timeout):
+                response = await backend.provider.complete(request)
+        except TimeoutError:
+            raise errors.RequestTimeoutError(
+                f"request deadline of {timeout:g}s expired", timeout_seconds=timeout, backend=backend.name
+            ) from None
+        finally:
+            backend.in_flight -= 1
+        latency_ms = (time.perf_counter() - started) * 1000
+        return self._result(params, backend, response, latency_ms)
+
+    def execute_nowait(self, params: ExecuteParams) -> ExecuteResult | None:
+        """The result, if it can be had without waiting for anything (the mock with no latency).
+
+        None means "use ``execute``". Same routing, same result, same errors as ``execute``: this
+        only saves the task and the deadline scope that a call which never waits does not need.
+        """
+        backend, request = self._prepare(params)
+        respond = getattr(backend.provider, "respond_nowait", None)
+        if respond is None:
+            return None
+        started = time.perf_counter()
+        response: ProviderResponse | None = respond(request)
+        if response is None:
+            return None
+        return self._result(params, backend, response, (time.perf_counter() - started) * 1000)
+
+    def _prepare(self, params: ExecuteParams) -> tuple[Backend, ProviderRequest]:
         model = params.requested_model() or self.default_model
         candidates = self.candidates(model)
         if not candidates:
@@ -131,19 +164,7 @@ class Router:
             timeout=timeout,
             mock=params.mock,
         )
-        started = time.perf_counter()
-        backend.in_flight += 1
-        try:
-            with anyio.fail_after(timeout):
-                response = await backend.provider.complete(request)
-        except TimeoutError:
-            raise errors.RequestTimeoutError(
-                f"request deadline of {timeout:g}s expired", timeout_seconds=timeout, backend=backend.name
-            ) from None
-        finally:
-            backend.in_flight -= 1
-        latency_ms = (time.perf_counter() - started) * 1000
-        return self._result(params, backend, response, latency_ms)
+        return backend, request
 
     def _result(
         self, params: ExecuteParams, backend: Backend, response: ProviderResponse, latency_ms: float

@@ -91,9 +91,7 @@ def register(table: MethodTable, router: Router, server: ServerHooks) -> None:
     def auth(params: AuthParams, ctx: RequestContext) -> AuthResult:
         """Authenticate this connection with the token named by the server's --auth-token-env."""
         if not server.check_token(params.token):
-            raise RpcError(
-                _codes.DOMAIN_CODES["unauthorized"], "Unauthorized: bad token", {"type": "unauthorized"}
-            )
+            raise RpcError(_codes.DOMAIN_CODES["unauthorized"], "Unauthorized: bad token", {"type": "unauthorized"})
         ctx.session.authenticated = True
         return AuthResult(authenticated=True)
 
@@ -110,9 +108,7 @@ def register(table: MethodTable, router: Router, server: ServerHooks) -> None:
         ctx.session.cancel(params.requestId)
 
     table.add("health", health, params=NoParams, result=HealthResult, summary="Server health", inline=True)
-    table.add(
-        "shutdown", shutdown, params=NoParams, result=ShutdownResult, summary="Graceful stop", inline=True
-    )
+    table.add("shutdown", shutdown, params=NoParams, result=ShutdownResult, summary="Graceful stop", inline=True)
     table.add(
         "rpc.discover",
         discover,
@@ -130,9 +126,7 @@ def register(table: MethodTable, router: Router, server: ServerHooks) -> None:
         inline=True,
         errors=("unauthorized",),
     )
-    table.add(
-        "cancel", cancel, params=CancelParams, result=CancelResult, summary="Cancel a request", inline=True
-    )
+    table.add("cancel", cancel, params=CancelParams, result=CancelResult, summary="Cancel a request", inline=True)
     table.add(
         "$/cancelRequest",
         lsp_cancel,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llm_rpc.core.router import Router
 from llm_rpc.protocol import MethodTable, RequestContext
+from llm_rpc.protocol.registry import NOT_INLINE
 from llm_rpc.types import ExecuteParams, ExecuteResult
 
 __all__ = ["register"]
@@ -30,9 +31,14 @@ def register(table: MethodTable, router: Router) -> None:
         """Run a prompt (or a message list) on the model the router picks and return the normalized result."""
         return await router.execute(params)
 
+    def execute_nowait(params: ExecuteParams, ctx: RequestContext) -> ExecuteResult | object:
+        result = router.execute_nowait(params)
+        return NOT_INLINE if result is None else result
+
     table.add(
         "execute",
         execute,
+        try_inline=execute_nowait,
         params=ExecuteParams,
         result=ExecuteResult,
         summary="Run one LLM call",

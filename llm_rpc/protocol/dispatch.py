@@ -26,7 +26,7 @@ import msgspec
 from llm_rpc import _codes
 from llm_rpc.protocol.errors import RpcError
 from llm_rpc.protocol.framing import FrameError
-from llm_rpc.protocol.registry import Method, MethodTable, RequestContext
+from llm_rpc.protocol.registry import NOT_INLINE, Method, MethodTable, RequestContext
 
 __all__ = ["Dispatcher", "Session"]
 
@@ -248,6 +248,16 @@ class Session:
             ctx = RequestContext(self, None if is_notification else id_bytes)
             reply = self._call_inline(method, params, ctx, id_bytes)
             return None if is_notification else reply
+        if method.try_inline is not None:
+            ctx = RequestContext(self, None if is_notification else id_bytes)
+            try:
+                result = method.try_inline(params, ctx)
+            except Exception as exc:
+                return None if is_notification else _rpc_error_body(id_bytes, self._to_rpc_error(exc, method.name))
+            if result is not NOT_INLINE:
+                if is_notification:
+                    return None
+                return self._encode_result(id_bytes, result, method.name)
         self._started()
         if batch is not None and not is_notification:
             batch.pending += 1
@@ -360,9 +370,15 @@ class Session:
     def _call_inline(self, method: Method, params: Any, ctx: RequestContext, id_bytes: bytes) -> bytes:
         try:
             result = method.handler(params, ctx)
-            return b'{"jsonrpc":"2.0","id":' + id_bytes + b',"result":' + _encoder.encode(result) + b"}"
         except Exception as exc:
             return _rpc_error_body(id_bytes, self._to_rpc_error(exc, method.name))
+        return self._encode_result(id_bytes, result, method.name)
+
+    def _encode_result(self, id_bytes: bytes, result: Any, method: str) -> bytes:
+        try:
+            return b'{"jsonrpc":"2.0","id":' + id_bytes + b',"result":' + _encoder.encode(result) + b"}"
+        except Exception as exc:
+            return _rpc_error_body(id_bytes, self._to_rpc_error(exc, method))
 
     async def _run(
         self,
@@ -383,7 +399,7 @@ class Session:
                 ctx = RequestContext(self, None if is_notification else id_bytes)
                 try:
                     result = await method.handler(params, ctx)
-                    reply = b'{"jsonrpc":"2.0","id":' + id_bytes + b',"result":' + _encoder.encode(result) + b"}"
+                    reply = self._encode_result(id_bytes, result, method.name)
                 except Exception as exc:
                     reply = _rpc_error_body(id_bytes, self._to_rpc_error(exc, method.name))
             if scope.cancelled_caught:

@@ -16,7 +16,7 @@ import msgspec
 if TYPE_CHECKING:
     from llm_rpc.protocol.dispatch import Session
 
-__all__ = ["Method", "MethodTable", "RequestContext"]
+__all__ = ["NOT_INLINE", "Method", "MethodTable", "RequestContext"]
 
 
 class RequestContext:
@@ -41,6 +41,18 @@ Handler = Callable[[Any, RequestContext], Awaitable[Any]]
 InlineHandler = Callable[[Any, RequestContext], Any]
 
 
+class _NotInline:
+    """Returned by a ``try_inline`` hook that cannot answer without waiting."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_INLINE"
+
+
+NOT_INLINE = _NotInline()
+
+
 @dataclass(slots=True)
 class Method:
     """One registered method."""
@@ -54,6 +66,7 @@ class Method:
     description: str
     errors: tuple[str, ...]
     notification: bool
+    try_inline: InlineHandler | None = None
     decoder: msgspec.json.Decoder[Any] | None = field(default=None, repr=False)
     by_name: bool = False
 
@@ -66,6 +79,10 @@ class Method:
 class MethodTable:
     """Name → Method. Handlers are ``async def`` unless registered ``inline`` (then plain ``def``
     that must not block: they run inside the connection's read loop, saving a task per call).
+
+    ``try_inline`` (optional, with an async handler) may answer a call on the spot when it can do
+    so without waiting, returning ``NOT_INLINE`` otherwise; the async handler then runs in a task.
+    A result that needs no I/O (the mock with no latency) then costs no task at all.
 
     ``params`` is normally a Struct (by-name params; a positional array is mapped onto its fields
     in order), but may be any msgspec type, e.g. ``list[int]`` for a variadic method."""
@@ -85,6 +102,7 @@ class MethodTable:
         inline: bool = False,
         errors: tuple[str, ...] = (),
         notification: bool = False,
+        try_inline: InlineHandler | None = None,
     ) -> None:
         if name in self._methods:
             raise ValueError(f"method {name!r} registered twice")
@@ -98,6 +116,7 @@ class MethodTable:
             description=description or (handler.__doc__ or "").strip(),
             errors=errors,
             notification=notification,
+            try_inline=try_inline,
         )
 
     def get(self, name: str) -> Method | None:

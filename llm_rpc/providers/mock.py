@@ -118,6 +118,14 @@ class MockProvider:
                 provider_message="simulated by the mock provider",
             )
 
+    def respond_nowait(self, request: ProviderRequest) -> ProviderResponse | None:
+        """The answer now, or None when it must wait (configured latency)."""
+        options = self._options(request)
+        if options.latency_ms > 0:
+            return None
+        self._maybe_fail(request, options)
+        return self.respond(request)
+
     async def complete(self, request: ProviderRequest) -> ProviderResponse:
         options = self._options(request)
         if options.latency_ms > 0:
