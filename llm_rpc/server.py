@@ -5,8 +5,6 @@ All transports of one process share one state (router, budgets, usage, in-flight
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import logging
 import os
 import signal
@@ -58,6 +56,8 @@ def parse_host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, in
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     if host == "localhost":
         return True
     try:
@@ -87,6 +87,8 @@ class _Server:
     def check_token(self, token: str) -> bool:
         if self._token is None:
             return True
+        import hmac
+
         return hmac.compare_digest(token.encode(), self._token)
 
 

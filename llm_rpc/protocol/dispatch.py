@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -431,6 +430,8 @@ class Session:
             mapped = mapper(exc)
             if mapped is not None:
                 return mapped
+        import uuid  # only on this rare path: keeps start-up lean
+
         correlation_id = uuid.uuid4().hex[:16]
         log.error(
             "internal error in method",

@@ -9,7 +9,7 @@ with any error ``fail_type``.
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -101,7 +101,7 @@ class MockProvider:
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
             ),
-            id="mock-" + _digest(request)[:16],
+            id="mock-" + _digest(request),
         )
 
     def _maybe_fail(self, request: ProviderRequest, options: MockSettings) -> None:
@@ -155,5 +155,6 @@ class MockProvider:
 
 
 def _digest(request: ProviderRequest) -> str:
+    """A stable 64-bit hex digest of what determines the answer (not cryptographic: no need)."""
     payload = msgspec.json.encode([request.model, request.messages, request.max_tokens, request.temperature])
-    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+    return f"{zlib.crc32(payload):08x}{zlib.adler32(payload):08x}"
