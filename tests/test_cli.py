@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,3 +80,20 @@ async def test_client_spawns_the_server_as_a_stdio_child(anyio_backend: str) -> 
         assert [r["content"] for r in results] == ["Mock answer to: a", "Mock answer to: b"]
         health = await client.call("health")
         assert health["backends"][0]["name"] == "mock"
+
+
+def test_call_over_a_unix_socket_and_text_logs(tmp_path: Path) -> None:
+    path = str(tmp_path / "cli.sock")
+    server = ServerProcess("--unix", path, "--log-format", "text", "--log-level", "info")
+    try:
+        server.wait_stderr(lambda s: '"listening"' in s)
+        done = run_cli("call", "--unix", path, "execute", '{"prompt": "unix"}')
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["content"] == "Mock answer to: unix"
+    finally:
+        server.proc.send_signal(signal.SIGINT)
+        assert server.wait() == 0
+        server.kill()
+    text_lines = [line for line in server.stderr_lines if "llm_rpc" in line]
+    assert text_lines
+    assert all(not line.lstrip().startswith("{") for line in text_lines)
