@@ -199,8 +199,8 @@ async def test_a_client_that_half_closes_still_gets_every_reply() -> None:
         async with await anyio.connect_tcp(host, port) as stream:
             conn = RawConnection(stream)
             for i in range(3):
-                request = {"jsonrpc": "2.0", "id": i, "method": "execute", "params": {"prompt": "x"}}
-                request["params"]["mock"] = {"latency_ms": 100}
+                params = {"prompt": "x", "mock": {"latency_ms": 100}}
+                request = {"jsonrpc": "2.0", "id": i, "method": "execute", "params": params}
                 await conn.send((json.dumps(request) + "\n").encode())
             await stream.send_eof()
             replies = await conn.replies(3)
