@@ -1,4 +1,4 @@
-"""The ``llm-rpc`` command: ``serve``, ``call`` and ``openrpc``.
+"""The ``llm-rpc`` command: ``serve``, ``call``, ``openrpc`` and ``check-config``.
 
 Imports are lazy: ``serve --stdio`` on the mock must start fast (shell scripts start it per call).
 """
@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         "--unix", action="append", default=[], metavar="PATH", help="listen on a Unix socket (mode 0600)"
     )
     serve.add_argument("--config", default=None, help="config file (default: $LLM_RPC_CONFIG, else the mock)")
+    serve.add_argument(
+        "--env-file", default=None, metavar="PATH", help="load this .env (default: .env beside the config)"
+    )
     serve.add_argument("--max-message-bytes", type=_size, default=16 * 1024 * 1024, help="largest message (16MiB)")
     serve.add_argument("--max-in-flight", type=int, default=1024, help="per-connection in-flight cap (1024)")
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests at stop")
@@ -56,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--auth-token-env", default=None, metavar="VAR", help="authenticate with the token in $VAR")
 
     sub.add_parser("openrpc", help="print the OpenRPC document (contracts/openrpc.json)")
+
+    check = sub.add_parser("check-config", help="validate a config file and print the resolved backends")
+    check.add_argument(
+        "path", nargs="?", default=None, help="config file (default: $LLM_RPC_CONFIG, else the built-in defaults)"
+    )
+    check.add_argument(
+        "--env-file", default=None, metavar="PATH", help="load this .env (default: .env beside the config)"
+    )
+    check.add_argument("--json", action="store_true", help="print the resolved config as JSON")
     return parser
 
 
@@ -73,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _call(args, parser)
     if args.command == "openrpc":
         return _openrpc()
+    if args.command == "check-config":
+        return _check_config(args)
     parser.print_help(sys.stderr)
     return EXIT_USAGE
 
@@ -93,6 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
         tcp=tcp,
         unix=args.unix,
         config=args.config,
+        env_file=args.env_file,
         max_message_bytes=args.max_message_bytes,
         max_in_flight=args.max_in_flight,
         drain_timeout=args.drain_timeout,
@@ -174,6 +189,81 @@ def _openrpc() -> int:
     from llm_rpc._inprocess import openrpc
 
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(openrpc()), indent=2).decode() + "\n")
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """Validate without building any provider: keys are reported as set or missing, never shown."""
+    import msgspec
+
+    from llm_rpc.config import config_summary, load_config_with_source
+    from llm_rpc.errors import ConfigError
+
+    try:
+        config, source = load_config_with_source(args.path, env_file=args.env_file)
+    except ConfigError as exc:
+        print(f"llm-rpc check-config: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    summary = config_summary(config, source)
+    if args.json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(summary), indent=2).decode() + "\n")
+        return EXIT_OK
+
+    def num(value: float) -> str:
+        return f"{value:g}"
+
+    out: list[str] = []
+    if source.file is None:
+        out.append("config: none (defaults: the mock, plus each provider whose usual key variable is set)")
+    else:
+        out.append(f"config: {source.file} ({source.format})")
+    if source.env_file is not None:
+        names = ", ".join(source.env_loaded)
+        out.append(f"env file: {source.env_file} ({f'set {names}' if names else 'set nothing: all were already set'})")
+    r = config.router
+    out.append(
+        f"router: strategy {r.strategy}, retries {r.retries}, retry delay {num(r.retry_base_delay)}s"
+        f"..{num(r.retry_max_delay)}s, timeout {num(r.timeout_seconds)}s, default model {r.default_model or 'mock'}"
+    )
+    out.append("backends, in priority order:")
+    missing = 0
+    for b in summary["backends"]:
+        out.append(f"  {b['name']}: provider {b['provider']}, priority {b['priority']}")
+        if b["provider"] != "mock":
+            out.append(f"    base_url: {b['base_url'] or '(provider default)'}")
+        models = b["models"]
+        if models:
+            out.append(f"    models:   {', '.join(models)}")
+        elif b["provider"] in ("mock", "ollama", "openai-compatible", "openrouter"):
+            out.append("    models:   (any model)")
+        else:
+            out.append("    models:   (the provider's own model names)")
+        limits = [
+            f"{label} {b[key]}"
+            for label, key in (("rpm", "rate_limit_rpm"), ("tpm", "rate_limit_tpm"), ("concurrent", "max_concurrent"))
+            if b[key] is not None
+        ]
+        if b["timeout_seconds"] is not None:
+            limits.append(f"timeout {num(b['timeout_seconds'])}s")
+        out.append(f"    limits:   {', '.join(limits) or 'none'}")
+        keys = [f"{k['env']} {k['state']}" for k in b["keys"]]
+        missing += sum(k["state"] == "missing" for k in b["keys"])
+        out.append(f"    keys:     {', '.join(keys) or '(none needed)'}")
+        extras = ["local"] if b["local"] else []
+        if b["tags"]:
+            extras.append(f"tags {', '.join(b['tags'])}")
+        if b["headers"]:
+            extras.append(f"headers {', '.join(b['headers'])}")
+        if extras:
+            out.append(f"    other:    {'; '.join(extras)}")
+    if config.models:
+        prices = ", ".join(f"{m.name} {num(m.input)}/{num(m.output)}" for m in config.models)
+        out.append(f"prices (USD per 1M tokens, input/output): {prices}")
+    verdict = f"valid: {len(config.backends)} backend(s)"
+    if missing:
+        verdict += f"; {missing} key variable(s) not set"
+    out.append(verdict)
+    sys.stdout.write("\n".join(out) + "\n")
     return EXIT_OK
 
 

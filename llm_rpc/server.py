@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from llm_rpc.config import load_config, load_env_file
 from llm_rpc.core.router import Router
 from llm_rpc.errors import ConfigError
 from llm_rpc.methods import build_table, error_mapper
@@ -37,6 +38,7 @@ class ServeOptions:
     tcp: list[tuple[str, int]] = field(default_factory=list)
     unix: list[str] = field(default_factory=list)
     config: str | None = None
+    env_file: str | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_in_flight: int = 1024
     drain_timeout: float = 30.0
@@ -120,10 +122,16 @@ async def serve(
 
     ``task_status`` receives the bound addresses (``{"tcp": [(host, port)], "unix": [path]}``).
     """
+    # The env file first: it may hold the auth token's variable as well as the providers' keys.
+    config = None
+    if router is None:
+        config = load_config(options.config, env_file=options.env_file)
+    elif options.env_file is not None:
+        load_env_file(options.env_file)
     token = _auth_token(options)
     own_router = router is None
     if router is None:
-        router = Router.from_config(options.config)
+        router = Router(config)
     lifecycle = Lifecycle(options.drain_timeout)
     server = _Server(lifecycle, token)
     dispatcher = Dispatcher(
