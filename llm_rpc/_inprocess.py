@@ -57,4 +57,4 @@ def openrpc() -> dict[str, Any]:
     """The OpenRPC document for the default configuration."""
     from llm_rpc.config import default_config
 
-    return build_openrpc(_table(Router(default_config())))
+    return build_openrpc(_table(Router(default_config(environ={}))))

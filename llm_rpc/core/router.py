@@ -55,10 +55,10 @@ class Backend:
         return any(fnmatch.fnmatchcase(model, g) for g in _NAMING_RULES.get(kind, ()))
 
     def key_state(self) -> str:
-        env = self.config.api_key_env
-        if env is None:
+        names = self.config.key_envs
+        if not names:
             return "not_needed"
-        return "set" if os.environ.get(env) else "missing"
+        return "set" if any(os.environ.get(name) for name in names) else "missing"
 
 
 def _build_provider(config: BackendConfig) -> Provider:

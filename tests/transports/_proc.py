@@ -15,8 +15,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
+PROVIDER_KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "XAI_API_KEY", "OPENROUTER_API_KEY")
+
+
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_RPC_")}
+    """A hermetic environment: this checkout importable, no user config, no real provider keys."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_RPC_") and k not in PROVIDER_KEY_VARS}
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra or {})
     return env
