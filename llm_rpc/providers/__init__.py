@@ -28,6 +28,13 @@ __all__ = [
 #: provider kind → "module:Class", imported on first use.
 PROVIDER_KINDS: dict[str, str] = {
     "mock": "llm_rpc.providers.mock:MockProvider",
+    "anthropic": "llm_rpc.providers.anthropic:AnthropicProvider",
+    "gemini": "llm_rpc.providers.gemini:GeminiProvider",
+    "openai": "llm_rpc.providers.openai:OpenAIProvider",
+    "xai": "llm_rpc.providers.openai:OpenAIProvider",
+    "openrouter": "llm_rpc.providers.openai:OpenAIProvider",
+    "openai-compatible": "llm_rpc.providers.openai:OpenAIProvider",
+    "ollama": "llm_rpc.providers.ollama:OllamaProvider",
 }
 
 
