@@ -7,23 +7,31 @@ text (which may quote a URL or a header) never becomes part of an error.
 
 from __future__ import annotations
 
+import codecs
+import collections
 import contextlib
 import email.utils
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import Any, cast
+
+import anyio
 
 from llm_rpc import errors
 from llm_rpc._secret import redact
 from llm_rpc.providers._client import httpx
 
 __all__ = [
+    "LineTooLongError",
     "classify_status",
+    "discard_body",
     "error_from_status",
     "map_transport_errors",
+    "ndjson_lines",
     "parse_duration",
     "retry_after_from_headers",
     "should_retry_from_headers",
+    "sse_events",
 ]
 
 _MAX_PROVIDER_MESSAGE = 500
@@ -154,3 +162,124 @@ def error_from_status(
         should_retry=should_retry_from_headers(hdrs),
         **data,
     )
+
+
+# -- reading streamed bodies ---------------------------------------------------------------------------------
+# Stopping a stream early (an error event, a caller that stops reading) must not leave async generators
+# to the garbage collector, which trio reports as a ResourceWarning (an error under the test suite's
+# filterwarnings). httpx2's ``EventSource``, ``aiter_text`` and ``aiter_lines``, and the transport's
+# layers below ``aiter_raw``, do not close the generators they iterate. So these readers take their
+# bytes from ``aiter_bytes()`` through plain iterators, and ``discard_body`` ends every layer under it
+# by an exception raised at the bottom (a cancelled read), which finishes each generator.
+
+
+@contextlib.asynccontextmanager
+async def sse_events(response: httpx.Response) -> AsyncIterator[AsyncIterator[httpx.ServerSentEvent]]:
+    """``async with sse_events(response) as events: async for event in events: ...``, httpx's parser,
+    with nothing left behind however the loop ends."""
+    parts = response.aiter_bytes()
+    view = cast("httpx.Response", _TextView(response, _Utf8Chunks(parts)))
+    events = cast("AsyncGenerator[httpx.ServerSentEvent, None]", httpx.EventSource(view).__aiter__())
+    try:
+        yield events
+    finally:
+        await events.aclose()
+        await discard_body(parts)
+
+
+@contextlib.asynccontextmanager
+async def ndjson_lines(
+    response: httpx.Response, max_line: int = 16 * 1024 * 1024
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The body's lines as bytes (without the newline), with nothing left behind however the loop ends.
+
+    A line longer than ``max_line`` raises ``LineTooLongError``.
+    """
+    parts = response.aiter_bytes()
+    try:
+        yield _Lines(parts, max_line)
+    finally:
+        await discard_body(parts)
+
+
+async def discard_body(parts: AsyncGenerator[bytes, None]) -> None:
+    """Stop reading a body: the next read is cancelled, so every generator under ``parts`` ends now."""
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        with contextlib.suppress(Exception):
+            async for _ in parts:
+                pass
+    await parts.aclose()
+
+
+class LineTooLongError(Exception):
+    """A line longer than any the provider sends: a misbehaving server, not a stream."""
+
+
+class _Utf8Chunks:
+    """Text from byte chunks, as ``aiter_text`` gives it, but a plain iterator (nothing for the GC to close)."""
+
+    def __init__(self, parts: AsyncIterator[bytes]) -> None:
+        self._parts = parts
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._ended = False
+
+    def __aiter__(self) -> _Utf8Chunks:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._ended:
+            try:
+                part = await anext(self._parts)
+            except StopAsyncIteration:
+                self._ended = True
+                if tail := self._decoder.decode(b"", final=True):
+                    return tail
+                break
+            if text := self._decoder.decode(part):
+                return text
+        raise StopAsyncIteration
+
+
+class _TextView:
+    """What ``EventSource`` reads of a response: its headers, its request and ``aiter_text()``."""
+
+    def __init__(self, response: httpx.Response, text: _Utf8Chunks) -> None:
+        self.headers = response.headers
+        self.request = response.request
+        self._text = text
+
+    def aiter_text(self) -> _Utf8Chunks:
+        return self._text
+
+
+class _Lines:
+    """Lines (bytes, without the newline) from byte chunks; a plain iterator, nothing for the GC to close."""
+
+    def __init__(self, parts: AsyncIterator[bytes], max_line: int) -> None:
+        self._parts = parts
+        self._max_line = max_line
+        self._buffer = b""
+        self._ready: collections.deque[bytes] = collections.deque()
+        self._ended = False
+
+    def __aiter__(self) -> _Lines:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._ready:
+            if self._ended:
+                raise StopAsyncIteration
+            try:
+                part = await anext(self._parts)
+            except StopAsyncIteration:
+                self._ended = True
+                if self._buffer:
+                    self._ready.append(self._buffer)
+                    self._buffer = b""
+                continue
+            *lines, self._buffer = (self._buffer + part).split(b"\n")
+            self._ready.extend(lines)
+            if len(self._buffer) > self._max_line:
+                raise LineTooLongError
+        return self._ready.popleft()
