@@ -32,6 +32,7 @@ from llm_rpc.providers._http import (
     error_from_status,
     map_transport_errors,
     retry_after_from_headers,
+    sse_events,
 )
 from llm_rpc.providers.base import ProviderRequest, ProviderResponse, StreamItem, TextDelta, ToolCallDelta
 from llm_rpc.types import Message, ToolCall, Usage
@@ -698,12 +699,13 @@ class AnthropicProvider:
                     await response.aread()
                     raise parse_error(self.name, response.status_code, response.headers, response.content)
                 try:
-                    async for sse in httpx.EventSource(response):
-                        if state.failure is None:
-                            for item in state.feed(sse.event, sse.data):
-                                yield item
-                        elif state.drain():
-                            break
+                    async with sse_events(response) as events:
+                        async for sse in events:
+                            if state.failure is None:
+                                for item in state.feed(sse.event, sse.data):
+                                    yield item
+                            elif state.drain():
+                                break
                 except httpx.SSEError:
                     raise errors.UpstreamProtocolError(
                         f"{self.name}: the response is not an event stream", backend=self.name, status=200
