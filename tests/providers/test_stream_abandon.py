@@ -19,8 +19,7 @@ import pytest
 from llm_rpc.config import BackendConfig
 from llm_rpc.providers import ProviderRequest, TextDelta, provider_class
 from llm_rpc.types import Message
-from tests.upstreams import Reply, Upstream
-from tests.upstreams import anthropic_wire, gemini_wire, ollama_wire, openai_wire
+from tests.upstreams import Reply, Upstream, anthropic_wire, gemini_wire, ollama_wire, openai_wire
 
 pytestmark = pytest.mark.anyio
 
