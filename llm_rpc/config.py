@@ -82,6 +82,11 @@ class RouterSettings(_Cfg):
     retry_max_delay: NonNegative = 60.0
     timeout_seconds: PositiveFloat = 120.0
     default_model: NonEmpty | None = None
+    #: Consecutive failures (retryable types) after which a backend is skipped for ``cooldown_seconds``.
+    cooldown_after_failures: PositiveInt = 5
+    cooldown_seconds: NonNegative = 30.0
+    #: Under ``latency``, every Nth choice goes to the candidate tried least recently (0: never).
+    latency_exploration: Annotated[int, Meta(ge=0)] = 10
 
 
 class BackendConfig(_Cfg):

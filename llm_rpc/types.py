@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
+    "AgentUsage",
     "BackendHealth",
     "ExecuteParams",
     "ExecuteResult",
@@ -19,11 +20,16 @@ __all__ = [
     "Message",
     "MockOptions",
     "RunConfig",
+    "Strategy",
     "ToolCall",
     "Usage",
+    "UsageCounts",
+    "UsageReport",
+    "UsageResetResult",
 ]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+Strategy = Literal["failover", "round-robin", "least-loaded", "latency"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -87,6 +93,7 @@ class ExecuteParams(_In):
     task_type: str | None = None
     metadata: dict[str, Any] | None = None
     mock: MockOptions | None = None
+    strategy: Strategy | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -144,6 +151,12 @@ class BackendHealth(_Out):
     state: Literal["healthy", "cooling_down", "probing"] = "healthy"
     in_flight: int = 0
     key: Literal["set", "missing", "not_needed"] = "not_needed"
+    #: Share of recent calls that failed (exponentially weighted, about the last 10 calls).
+    error_rate: float = 0.0
+    #: Moving average of recent successful calls' latency; absent until one succeeded.
+    latency_ms: float | None = None
+    #: Seconds left before a cooling-down backend gets its probe request.
+    cooldown_s: float | None = None
 
 
 class HealthResult(_Out):
@@ -154,3 +167,44 @@ class HealthResult(_Out):
     uptime_s: float
     in_flight: int
     backends: list[BackendHealth]
+
+
+class UsageCounts(Struct, kw_only=True):
+    """Counters of one agent, overall or for one backend or model (every field always present)."""
+
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class AgentUsage(Struct, kw_only=True):
+    """What one agent spent: totals, and the same counters by backend and by model.
+
+    Totals and ``by_model`` count calls (``errors``: calls that failed); ``by_backend`` counts the
+    attempts sent to each backend (``errors``: attempts that failed there).
+    """
+
+    agent_id: str
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+    by_backend: dict[str, UsageCounts] = msgspec.field(default_factory=dict)
+    by_model: dict[str, UsageCounts] = msgspec.field(default_factory=dict)
+
+
+class UsageReport(Struct, kw_only=True):
+    """The result of ``usage.get``: agent id → its usage."""
+
+    agents: dict[str, AgentUsage]
+
+
+class UsageResetResult(Struct, kw_only=True):
+    """The result of ``usage.reset``: the agents whose counters were cleared."""
+
+    reset: list[str]

@@ -1,7 +1,29 @@
-"""The router: which backend serves a request, and the one place where a call to it is made.
+"""The router: which backend serves a request, and the one place where calls to backends are made.
 
 ``Router.execute`` is the whole in-process API (``await router.execute(prompt=..., model=...)``);
-the JSON-RPC ``execute`` method is a thin wrapper over it.
+the JSON-RPC ``execute`` method is a thin wrapper over it. One call goes:
+
+1. **route**: the candidates for the model (``models`` globs, else the provider's naming rules, or an
+   explicit ``kind/model`` prefix), cached per model name;
+2. **choose** by the strategy among the candidates that are usable now (not cooling down, no probe
+   in flight, not yet tried in this round), preferring one whose limits let it start at once;
+3. **limits**: a ``max_concurrent`` slot (FIFO), then the minute windows (FIFO, wait known up front:
+   a wait that would outlast the deadline is refused at once, ``rate_limited`` with
+   ``scope: "local"``);
+4. **attempt**, bounded by the backend's ``timeout_seconds`` and the request's deadline;
+5. on a retryable failure, **retry**: another key of the same backend after a 429 when it has one,
+   else the next untried candidate at once, else, when every candidate has been tried, a backoff
+   (full jitter, never shorter than a Retry-After the backend asked for) and a new round; never a
+   wait that cannot end before the deadline.
+
+The deadline is one ``CancelScope`` around all of it; when it expires the call answers ``timeout``.
+A call that stops retrying answers its attempt's own error, or ``backend_error`` listing every
+attempt when there were several (contracts/decisions.md #1).
+
+Backends' health: a Retry-After, or ``cooldown_after_failures`` consecutive failures, puts a backend
+(or, for a 429, just the key that got it) in cooldown; when the cooldown ends exactly one request
+probes it, and its outcome decides. The ``mock`` is exempt: its failures are a function of the
+request (decisions.md #8), so it is never cooled down and never sent the same request twice.
 """
 
 from __future__ import annotations
@@ -9,6 +31,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import random
 import time
 from typing import Any
 
@@ -16,9 +39,14 @@ import anyio
 import msgspec
 
 from llm_rpc import errors
+from llm_rpc._secret import Secret
 from llm_rpc.config import BackendConfig, Config, load_config
+from llm_rpc.core._retry import Attempt, backoff_delay, final_error
+from llm_rpc.core._strategies import Route, pick
+from llm_rpc.core.ratelimit import MinuteWindow, Slots, estimate_tokens
+from llm_rpc.core.usage import UsageTracker
 from llm_rpc.providers import Provider, ProviderRequest, ProviderResponse, provider_class
-from llm_rpc.types import BackendHealth, ExecuteParams, ExecuteResult
+from llm_rpc.types import AgentUsage, BackendHealth, ExecuteParams, ExecuteResult
 
 __all__ = ["Backend", "Router"]
 
@@ -29,36 +57,168 @@ _NAMING_RULES: dict[str, tuple[str, ...]] = {
     "gemini": ("gemini-*",),
     "xai": ("grok-*",),
 }
+_SERVES_ANY = frozenset({"mock", "ollama", "openai-compatible", "openrouter"})
+
+_ERROR_ALPHA = 0.1  # error_rate: about the last 10 calls
+_LATENCY_ALPHA = 0.3  # latency: a few calls, so a recovery shows soon
+_ROUTE_CACHE_MAX = 4096  # model names are client input: bound the cache
+
+
+class _Key:
+    """One API key of a backend with several (``api_key_envs``), and how long a 429 blocks it."""
+
+    __slots__ = ("blocked_until", "secret")
+
+    def __init__(self, secret: Secret) -> None:
+        self.secret = secret
+        self.blocked_until = 0.0
 
 
 class Backend:
-    """One configured backend and its live state."""
+    """One configured backend and its live state: limits, health, latency, keys."""
 
-    __slots__ = ("config", "in_flight", "name", "provider")
+    __slots__ = (
+        "blocked_until",
+        "capacity",
+        "config",
+        "deterministic",
+        "error_rate",
+        "failures",
+        "in_flight",
+        "key_cursor",
+        "keys",
+        "last_tried",
+        "latency",
+        "limited",
+        "name",
+        "needs_probe",
+        "probe",
+        "provider",
+        "respond_nowait",
+        "rpm",
+        "slots",
+        "timeout",
+        "tpm",
+    )
 
-    def __init__(self, config: BackendConfig, provider: Provider) -> None:
+    def __init__(self, config: BackendConfig, provider: Provider, keys: list[Secret] | None = None) -> None:
         self.config = config
         self.provider = provider
         self.name = config.backend_name
         self.in_flight = 0
+        # The mock answers as a function of the request: retrying it, or cooling it down, is pointless.
+        self.deterministic = getattr(provider, "provider", None) == "mock"
+        self.respond_nowait = getattr(provider, "respond_nowait", None)
+        self.timeout = config.timeout_seconds
+        self.slots = Slots(config.max_concurrent) if config.max_concurrent else None
+        self.rpm = MinuteWindow(config.rate_limit_rpm) if config.rate_limit_rpm else None
+        self.tpm = MinuteWindow(config.rate_limit_tpm) if config.rate_limit_tpm else None
+        self.limited = self.slots is not None or self.rpm is not None or self.tpm is not None
+        self.capacity = float(config.max_concurrent or 1)
+        # Only a backend with several keys gets one chosen per attempt; with one, the provider's own is it.
+        self.keys = [_Key(k) for k in keys] if keys and len(keys) > 1 else []
+        self.key_cursor = 0
+        self.blocked_until = 0.0  # no request before this (cooldown, Retry-After)
+        self.needs_probe = False  # the next request is a probe that decides health
+        self.probe: anyio.Event | None = None  # set while the probe is in flight
+        self.failures = 0  # consecutive failures of retryable types
+        self.error_rate = 0.0
+        self.latency: float | None = None  # seconds, moving average of successful calls
+        self.last_tried = -1
+
+    def wire_model(self, model: str) -> str | None:
+        """The model name to send this backend for ``model``, or None if it does not serve it.
+
+        An explicit ``kind/model`` prefix naming this backend's provider is stripped (``openai/gpt-4o``
+        → ``gpt-4o``), and then the rest must match ``models`` when it is given.
+        """
+        kind = self.config.provider
+        globs = self.config.models
+        prefix, sep, rest = model.partition("/")
+        if sep and prefix == kind and rest and (not globs or any(fnmatch.fnmatchcase(rest, g) for g in globs)):
+            return rest
+        if globs:
+            return model if any(fnmatch.fnmatchcase(model, g) for g in globs) else None
+        if kind in _SERVES_ANY or any(fnmatch.fnmatchcase(model, g) for g in _NAMING_RULES.get(kind, ())):
+            return model
+        return None
 
     def serves(self, model: str) -> bool:
-        globs = self.config.models
-        if globs:
-            return any(fnmatch.fnmatchcase(model, g) for g in globs)
-        kind = self.config.provider
-        prefix, sep, _ = model.partition("/")
-        if sep and prefix == kind:
-            return True
-        if kind in ("mock", "ollama", "openai-compatible", "openrouter"):
-            return True
-        return any(fnmatch.fnmatchcase(model, g) for g in _NAMING_RULES.get(kind, ()))
+        return self.wire_model(model) is not None
 
     def key_state(self) -> str:
         names = self.config.key_envs
         if not names:
             return "not_needed"
         return "set" if any(os.environ.get(name) for name in names) else "missing"
+
+    def state(self, now: float) -> str:
+        if self.blocked_until > now:
+            return "cooling_down"
+        return "probing" if self.needs_probe else "healthy"
+
+
+class _Route(Route[Backend]):
+    __slots__ = ("limited",)
+
+    def __init__(self, backends: list[Backend], models: list[str]) -> None:
+        super().__init__(backends, models)
+        self.limited = any(b.limited for b in backends)
+
+
+class _Call:
+    """The state of one ``execute`` call across its attempts."""
+
+    __slots__ = (
+        "agent",
+        "attempts",
+        "backoffs",
+        "current",
+        "deadline",
+        "est",
+        "exhausted",
+        "force",
+        "keys_tried",
+        "model",
+        "params",
+        "refusal",
+        "request",
+        "route",
+        "skip",
+        "strategy",
+        "timeout",
+        "tried",
+        "waiting",
+    )
+
+    def __init__(
+        self, params: ExecuteParams, model: str, route: _Route, request: ProviderRequest, strategy: str, timeout: float
+    ) -> None:
+        self.params = params
+        self.agent = params.agent_id
+        self.model = model
+        self.route = route
+        self.request = request
+        self.strategy = strategy
+        self.timeout = timeout
+        self.deadline = math.inf
+        self.attempts: list[Attempt] = []
+        self.backoffs = 0
+        self.est = -1
+        # Bit masks over route.backends: tried in this round; never again (the mock); refused locally.
+        self.tried = 0
+        self.exhausted = 0
+        self.skip = 0
+        self.force = -1  # the next attempt goes to this backend (another key after a 429)
+        self.keys_tried: dict[int, set[int]] | None = None
+        self.refusal: errors.RateLimitedError | None = None
+        self.waiting: str | None = None
+        self.current: str | None = None
+
+    def estimate(self) -> int:
+        if self.est < 0:
+            self.est = estimate_tokens(self.request.messages, self.request.max_tokens)
+        return self.est
 
 
 def _build_provider(config: BackendConfig) -> Provider:
@@ -68,9 +228,15 @@ def _build_provider(config: BackendConfig) -> Provider:
 
 
 class Router:
-    """Routes ``execute`` calls to configured backends."""
+    """Routes ``execute`` calls to configured backends; keeps their limits, health and usage."""
 
-    def __init__(self, config: Config | None = None, *, providers: dict[str, Provider] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        providers: dict[str, Provider] | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.config = config if config is not None else load_config(None)
         providers = providers or {}
         self.backends: list[Backend] = []
@@ -80,9 +246,17 @@ class Router:
             if name in seen:
                 raise errors.ConfigError(f"two backends are named {name!r}", path=f"backends.{name}")
             seen.add(name)
-            self.backends.append(Backend(bc, providers.get(name) or _build_provider(bc)))
+            provider = providers.get(name) or _build_provider(bc)
+            self.backends.append(Backend(bc, provider, bc.api_keys()))
         self.backends.sort(key=lambda b: b.config.priority)
         self._prices = {m.name: (m.input, m.output) for m in self.config.models}
+        self._settings = self.config.router
+        self._routes: dict[str, _Route] = {}
+        self._rng = random.Random(seed)
+        self._seq = 0  # choices made, for the latency strategy's "least recently tried"
+        # The inline path reads the clock only once something can depend on it (limits, a cooldown).
+        self._needs_clock = any(b.limited for b in self.backends)
+        self.usage = UsageTracker()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Router:
@@ -91,71 +265,46 @@ class Router:
 
     @property
     def default_model(self) -> str:
-        if self.config.router.default_model:
-            return self.config.router.default_model
+        if self._settings.default_model:
+            return self._settings.default_model
         return "mock"
 
     def candidates(self, model: str) -> list[Backend]:
-        """Backends able to serve ``model``, in preference order."""
-        return [b for b in self.backends if b.serves(model)]
+        """Backends able to serve ``model``, in preference order (``priority``, then file order)."""
+        route = self._route(model)
+        return list(route.backends) if route is not None else []
 
-    async def execute(self, params: ExecuteParams | None = None, /, **kwargs: Any) -> ExecuteResult:
-        """Run one call. Accepts an ``ExecuteParams`` or its fields as keywords.
+    def _route(self, model: str) -> _Route | None:
+        route = self._routes.get(model)
+        if route is None:
+            backends: list[Backend] = []
+            models: list[str] = []
+            for b in self.backends:
+                wire = b.wire_model(model)
+                if wire is not None:
+                    backends.append(b)
+                    models.append(wire)
+            if not backends:
+                return None
+            if len(self._routes) >= _ROUTE_CACHE_MAX:
+                self._routes.clear()
+            route = self._routes[model] = _Route(backends, models)
+        return route
 
-        Raises:
-            NoRouteError: no backend serves the model.
-            RequestTimeoutError: the request's deadline expired.
-            ProviderError: the upstream call failed.
-        """
-        if params is None:
-            try:
-                params = msgspec.convert(kwargs, ExecuteParams)
-            except msgspec.ValidationError as exc:
-                raise TypeError(f"invalid execute arguments: {exc}") from None
-        backend, request = self._prepare(params)
-        timeout = request.timeout
-        started = time.perf_counter()
-        backend.in_flight += 1
-        try:
-            with anyio.fail_after(timeout):
-                response = await backend.provider.complete(request)
-        except TimeoutError:
-            raise errors.RequestTimeoutError(
-                f"request deadline of {timeout:g}s expired", timeout_seconds=timeout, backend=backend.name
-            ) from None
-        finally:
-            backend.in_flight -= 1
-        latency_ms = (time.perf_counter() - started) * 1000
-        return self._result(params, backend, response, latency_ms)
+    # -- one call ---------------------------------------------------------------------------------------
 
-    def execute_nowait(self, params: ExecuteParams) -> ExecuteResult | None:
-        """The result, if it can be had without waiting for anything (the mock with no latency).
-
-        None means "use ``execute``". Same routing, same result, same errors as ``execute``: this
-        only saves the task and the deadline scope that a call which never waits does not need.
-        """
-        backend, request = self._prepare(params)
-        respond = getattr(backend.provider, "respond_nowait", None)
-        if respond is None:
-            return None
-        started = time.perf_counter()
-        response: ProviderResponse | None = respond(request)
-        if response is None:
-            return None
-        return self._result(params, backend, response, (time.perf_counter() - started) * 1000)
-
-    def _prepare(self, params: ExecuteParams) -> tuple[Backend, ProviderRequest]:
+    def _call(self, params: ExecuteParams) -> _Call:
         model = params.requested_model() or self.default_model
-        candidates = self.candidates(model)
-        if not candidates:
+        route = self._route(model)
+        if route is None:
+            self.usage.failure(params.agent_id, model, [])
             raise errors.NoRouteError(
                 f"no backend serves model {model!r}",
                 model=model,
                 backends=[b.name for b in self.backends],
             )
-        backend = candidates[0]
         cfg = params.config
-        timeout = (cfg.timeout_seconds if cfg is not None else None) or self.config.router.timeout_seconds
+        timeout = (cfg.timeout_seconds if cfg is not None else None) or self._settings.timeout_seconds
         request = ProviderRequest(
             model=model,
             messages=params.chat_messages(),
@@ -164,11 +313,431 @@ class Router:
             timeout=timeout,
             mock=params.mock,
         )
-        return backend, request
+        return _Call(params, model, route, request, params.strategy or self._settings.strategy, timeout)
 
-    def _result(
-        self, params: ExecuteParams, backend: Backend, response: ProviderResponse, latency_ms: float
-    ) -> ExecuteResult:
+    async def execute(self, params: ExecuteParams | None = None, /, **kwargs: Any) -> ExecuteResult:
+        """Run one call. Accepts an ``ExecuteParams`` or its fields as keywords.
+
+        Raises:
+            NoRouteError: no backend serves the model.
+            RequestTimeoutError: the request's deadline expired.
+            RateLimitedError: with ``data.scope == "local"``: no backend could take the call before
+                its deadline (limits or cooldowns); nothing was sent.
+            ProviderError: the one attempt made failed (its own type).
+            BackendError: two or more attempts failed; ``data.attempts`` lists them.
+        """
+        if params is None:
+            try:
+                params = msgspec.convert(kwargs, ExecuteParams)
+            except msgspec.ValidationError as exc:
+                raise TypeError(f"invalid execute arguments: {exc}") from None
+        call = self._call(params)
+        call.deadline = anyio.current_time() + call.timeout
+        result: ExecuteResult | None = None
+        with anyio.CancelScope(deadline=call.deadline):
+            try:
+                result = await self._run(call)
+            except errors.LLMError:
+                self.usage.failure(call.agent, call.model, [a.backend for a in call.attempts])
+                raise
+        if result is None:
+            data: dict[str, Any] = {"timeout_seconds": call.timeout, "backend": call.current}
+            if call.waiting is not None:
+                data["waiting_for"] = call.waiting
+            if call.attempts:
+                data["attempts"] = [a.to_data() for a in call.attempts]
+            self.usage.failure(call.agent, call.model, [a.backend for a in call.attempts])
+            raise errors.RequestTimeoutError(f"request deadline of {call.timeout:g}s expired", **data)
+        return result
+
+    async def _run(self, call: _Call) -> ExecuteResult:
+        settings = self._settings
+        max_attempts = settings.retries + 1
+        while True:
+            now = anyio.current_time()
+            i = call.force
+            if i >= 0:
+                call.force = -1
+            else:
+                i = self._choose(call, now)
+            if i < 0:
+                # Nothing usable at once: wait for the earliest backend (a backoff when retrying).
+                best, at, probe = self._earliest(call, now)
+                if best < 0:
+                    if probe is not None:
+                        call.waiting = "probe"
+                        await probe.wait()
+                        call.waiting = None
+                        continue
+                    raise self._stop(call, now, -1, 0.0)
+                retrying = bool(call.attempts)
+                if retrying:
+                    delay = backoff_delay(
+                        call.backoffs + 1, settings.retry_base_delay, settings.retry_max_delay, self._rng
+                    )
+                    at = max(at, now + delay)
+                if at >= call.deadline:
+                    raise self._stop(call, now, best, at - now)
+                if retrying:
+                    call.backoffs += 1
+                if at > now:
+                    call.waiting = "backoff" if retrying else "cooldown"
+                    await anyio.sleep(at - now)
+                    call.waiting = None
+                call.tried = 0  # a new round
+                continue
+            made = len(call.attempts)
+            result = await self._attempt(call, i, now)
+            if result is not None:
+                return result
+            if len(call.attempts) > made:
+                error = call.attempts[-1].error
+                if not (isinstance(error, errors.ProviderError) and error.is_retryable) or made + 1 >= max_attempts:
+                    raise final_error(call.attempts)
+
+    def _choose(self, call: _Call, now: float) -> int:
+        """The strategy's pick among backends usable now, one that can start at once first."""
+        route = call.route
+        backends = route.backends
+        excluded = call.tried | call.exhausted | call.skip
+        explore = self._settings.latency_exploration
+
+        def ready(i: int) -> bool:
+            if (excluded >> i) & 1:
+                return False
+            b = backends[i]
+            return b.blocked_until <= now and b.probe is None
+
+        if route.limited:
+
+            def free(i: int) -> bool:
+                return ready(i) and (not backends[i].limited or self._fits(backends[i], call, now))
+
+            i = pick(call.strategy, route, free, explore)
+            if i >= 0:
+                return i
+        return pick(call.strategy, route, ready, explore)
+
+    def _fits(self, b: Backend, call: _Call, now: float) -> bool:
+        """``b``'s limits let this call start now, without waiting."""
+        if b.slots is not None and not b.slots.free():
+            return False
+        if b.rpm is not None and b.rpm.fit_time(1, now) > now:
+            return False
+        return b.tpm is None or b.tpm.fit_time(call.estimate(), now) <= now
+
+    def _earliest(self, call: _Call, now: float) -> tuple[int, float, anyio.Event | None]:
+        """The backend usable soonest (and when), or a probe in flight to wait for."""
+        excluded = call.exhausted | call.skip
+        best, best_at = -1, math.inf
+        probe: anyio.Event | None = None
+        for i, b in enumerate(call.route.backends):
+            if (excluded >> i) & 1:
+                continue
+            if b.probe is not None:
+                probe = probe or b.probe
+                continue
+            at = b.blocked_until if b.blocked_until > now else now
+            if at < best_at:
+                best, best_at = i, at
+        return best, best_at, probe
+
+    def _stop(self, call: _Call, now: float, best: int, wait: float) -> errors.LLMError:
+        """The error of a call that cannot make another attempt before its deadline."""
+        if call.attempts:
+            return final_error(call.attempts)
+        if call.refusal is not None:
+            return call.refusal
+        name = call.route.backends[best].name if best >= 0 else None
+        return errors.RateLimitedError(
+            f"no backend for {call.model!r} is available before the request's deadline (cooling down)",
+            backend=name,
+            retry_after=round(wait, 3) if best >= 0 else None,
+            scope="local",
+            reason="cooling_down",
+        )
+
+    async def _attempt(self, call: _Call, i: int, now: float) -> ExecuteResult | None:
+        """One attempt on ``route.backends[i]``: limits, then the call. None: failed or refused locally."""
+        route = call.route
+        b = route.backends[i]
+        call.current = b.name
+        slots = b.slots
+        if slots is not None and not slots.try_acquire():
+            call.waiting = "max_concurrent"
+            await slots.acquire()
+            call.waiting = None
+            now = anyio.current_time()
+        try:
+            rpm_entry = tpm_entry = None
+            if b.rpm is not None or b.tpm is not None:
+                at, limit = now, ""
+                if b.rpm is not None and (t := b.rpm.fit_time(1, now)) > at:
+                    at, limit = t, "rate_limit_rpm"
+                if b.tpm is not None and (t := b.tpm.fit_time(call.estimate(), now)) > at:
+                    at, limit = t, "rate_limit_tpm"
+                if at >= call.deadline:
+                    call.skip |= 1 << i
+                    call.refusal = errors.RateLimitedError(
+                        f"{b.name}: {limit} would hold this call past its deadline",
+                        backend=b.name,
+                        retry_after=round(at - now, 3),
+                        scope="local",
+                        limit=limit,
+                    )
+                    return None
+                if b.rpm is not None:
+                    rpm_entry = b.rpm.reserve(1, at)
+                if b.tpm is not None:
+                    tpm_entry = b.tpm.reserve(call.estimate(), at)
+                if at > now:
+                    call.waiting = limit
+                    try:
+                        await anyio.sleep(at - now)
+                    except BaseException:
+                        if rpm_entry is not None and b.rpm is not None:
+                            b.rpm.correct(rpm_entry, 0, at)
+                        if tpm_entry is not None and b.tpm is not None:
+                            b.tpm.correct(tpm_entry, 0, at)
+                        raise
+                    call.waiting = None
+            return await self._send(call, i, b, tpm_entry)
+        finally:
+            if slots is not None:
+                slots.release()
+
+    async def _send(self, call: _Call, i: int, b: Backend, tpm_entry: list[float] | None) -> ExecuteResult | None:
+        route = call.route
+        request = call.request
+        request.model = route.models[i]
+        key = -1
+        if b.keys:
+            key = self._pick_key(b, call, i)
+            request.api_key = b.keys[key].secret
+        else:
+            request.api_key = None
+        probe = b.needs_probe
+        if probe:
+            b.probe = anyio.Event()
+        route.chose(i, self._seq)
+        self._seq += 1
+        call.tried |= 1 << i
+        started = anyio.current_time()
+        limit = b.timeout
+        remaining = call.deadline - started
+        request.timeout = limit if limit is not None and limit < remaining else remaining
+        b.in_flight += 1
+        try:
+            if limit is not None and limit < remaining:
+                with anyio.move_on_after(limit) as scope:
+                    response = await b.provider.complete(request)
+                if scope.cancelled_caught:
+                    raise errors.UpstreamTimeoutError(f"{b.name}: no answer within {limit:g}s", backend=b.name)
+            else:
+                response = await b.provider.complete(request)
+        except errors.ProviderError as exc:
+            ended = anyio.current_time()
+            self._failed(call, i, b, key, exc, ended, ended - started, probe)
+            return None
+        except BaseException:
+            # Cancelled (the deadline, or the client) or a bug: the backend's health is unknown.
+            ended = anyio.current_time()
+            if ended >= call.deadline:
+                cut = errors.UpstreamTimeoutError(f"{b.name}: cut by the request's deadline", backend=b.name)
+                call.attempts.append(Attempt(b.name, cut, (ended - started) * 1000))
+            if probe:
+                self._end_probe(b, healthy=None)
+            raise
+        finally:
+            b.in_flight -= 1
+        ended = anyio.current_time()
+        latency = ended - started
+        self._succeeded(b, latency, probe)
+        if tpm_entry is not None and b.tpm is not None:
+            b.tpm.correct(tpm_entry, response.usage.total_tokens or call.estimate(), ended)
+        return self._finish(call, b, response, latency * 1000)
+
+    def _pick_key(self, b: Backend, call: _Call, i: int) -> int:
+        """The next key of ``b`` not blocked by a Retry-After (and not tried by this call, if one is left)."""
+        keys = b.keys
+        n = len(keys)
+        now = anyio.current_time()
+        avoid = call.keys_tried.get(i) if call.keys_tried is not None else None
+        chosen = -1
+        for avoiding in (True, False):
+            for k in range(n):
+                j = (b.key_cursor + k) % n
+                if keys[j].blocked_until <= now and not (avoiding and avoid and j in avoid):
+                    chosen = j
+                    break
+            if chosen >= 0:
+                break
+        if chosen < 0:
+            chosen = min(range(n), key=lambda j: keys[j].blocked_until)
+        b.key_cursor = chosen + 1
+        if call.keys_tried is None:
+            call.keys_tried = {}
+        call.keys_tried.setdefault(i, set()).add(chosen)
+        return chosen
+
+    def _has_fresh_key(self, b: Backend, call: _Call, i: int, now: float) -> bool:
+        tried = call.keys_tried.get(i, set()) if call.keys_tried is not None else set()
+        return any(j not in tried and k.blocked_until <= now for j, k in enumerate(b.keys))
+
+    # -- health -----------------------------------------------------------------------------------------
+
+    def _succeeded(self, b: Backend, latency: float, probe: bool) -> None:
+        b.failures = 0
+        b.error_rate -= _ERROR_ALPHA * b.error_rate
+        b.latency = latency if b.latency is None else b.latency + _LATENCY_ALPHA * (latency - b.latency)
+        if probe:
+            self._end_probe(b, healthy=True)
+
+    def _failed(
+        self,
+        call: _Call,
+        i: int,
+        b: Backend,
+        key: int,
+        exc: errors.ProviderError,
+        now: float,
+        elapsed: float,
+        probe: bool,
+    ) -> None:
+        call.attempts.append(Attempt(b.name, exc, elapsed * 1000))
+        b.error_rate += _ERROR_ALPHA * (1.0 - b.error_rate)
+        if b.deterministic:
+            call.exhausted |= 1 << i
+            return
+        settings = self._settings
+        retry_after = exc.retry_after
+        fault = exc.retryable  # the backend's own trouble (whatever x-should-retry says about retrying)
+        if retry_after is not None and retry_after > 0:
+            if key >= 0 and exc.type == "rate_limited":
+                self._block_key(b, key, now + retry_after, now)
+            else:
+                self._cool(b, now + retry_after)
+        if fault:
+            b.failures += 1
+            if probe or b.failures >= settings.cooldown_after_failures:
+                self._cool(b, now + settings.cooldown_seconds)
+        else:
+            b.failures = 0
+        if probe:
+            self._end_probe(b, healthy=not (fault or b.blocked_until > now))
+        if key >= 0 and exc.type == "rate_limited" and self._has_fresh_key(b, call, i, now):
+            call.force = i  # per-key limits: another key of this backend before the next backend
+
+    def _cool(self, b: Backend, until: float) -> None:
+        b.blocked_until = max(b.blocked_until, until)
+        b.needs_probe = True
+        self._needs_clock = True
+
+    def _block_key(self, b: Backend, key: int, until: float, now: float) -> None:
+        """A 429 with Retry-After blocks that key; when every key is blocked, the backend cools down."""
+        k = b.keys[key]
+        k.blocked_until = max(k.blocked_until, until)
+        self._needs_clock = True
+        soonest = min(k.blocked_until for k in b.keys)
+        if soonest > now:
+            self._cool(b, soonest)
+
+    def _end_probe(self, b: Backend, healthy: bool | None) -> None:
+        """The probe finished: healthy, failed (already cooled down again), or unknown (cancelled)."""
+        if healthy:
+            b.needs_probe = False
+        event = b.probe
+        b.probe = None
+        if event is not None:
+            event.set()
+
+    # -- the inline path --------------------------------------------------------------------------------
+
+    def execute_nowait(self, params: ExecuteParams) -> ExecuteResult | None:
+        """The result, if it can be had without waiting for anything (the mock with no latency).
+
+        None means "use ``execute``". Same routing, limits, result and errors as ``execute``: the
+        choice, the limits (non-blocking only) and the accounting are the same code; this only saves
+        the task and the deadline scope that a call which never waits does not need. Anything that
+        would wait (a full limit, a probe, a retry) gives way before any state has changed.
+        """
+        call = self._call(params)
+        now = anyio.current_time() if self._needs_clock else 0.0
+        i = self._choose(call, now)
+        if i < 0:
+            return None
+        route = call.route
+        b = route.backends[i]
+        respond = b.respond_nowait
+        if respond is None or b.keys or b.needs_probe:
+            return None
+        rpm_entry = tpm_entry = None
+        if b.limited:
+            if not self._fits(b, call, now):
+                return None
+            if b.slots is not None:
+                b.slots.try_acquire()
+            if b.rpm is not None:
+                rpm_entry = b.rpm.reserve(1, now)
+            if b.tpm is not None:
+                tpm_entry = b.tpm.reserve(call.estimate(), now)
+        request = call.request
+        request.model = route.models[i]
+        request.api_key = None
+        b.in_flight += 1
+        started = time.perf_counter()
+        try:
+            response: ProviderResponse | None = respond(request)
+        except errors.ProviderError as exc:
+            if exc.is_retryable and self._settings.retries > 0 and (len(route.backends) > 1 or not b.deterministic):
+                self._undo(b, now, rpm_entry, tpm_entry)
+                return None  # a retry follows: the task path makes this attempt again, and the rest
+            elapsed = time.perf_counter() - started
+            route.chose(i, self._seq)
+            self._seq += 1
+            fail_now = anyio.current_time() if not b.deterministic else now
+            self._failed(call, i, b, -1, exc, fail_now, elapsed, False)
+            if b.slots is not None:
+                b.slots.release()
+            self.usage.failure(call.agent, call.model, [b.name])
+            raise
+        finally:
+            b.in_flight -= 1
+        if response is None:
+            self._undo(b, now, rpm_entry, tpm_entry)
+            return None
+        latency = time.perf_counter() - started
+        route.chose(i, self._seq)
+        self._seq += 1
+        if b.slots is not None:
+            b.slots.release()
+        self._succeeded(b, latency, False)
+        if tpm_entry is not None and b.tpm is not None:
+            b.tpm.correct(tpm_entry, response.usage.total_tokens or call.estimate(), now)
+        return self._finish(call, b, response, latency * 1000)
+
+    @staticmethod
+    def _undo(b: Backend, now: float, rpm_entry: list[float] | None, tpm_entry: list[float] | None) -> None:
+        if b.slots is not None:
+            b.slots.release()
+        if rpm_entry is not None and b.rpm is not None:
+            b.rpm.correct(rpm_entry, 0, now)
+        if tpm_entry is not None and b.tpm is not None:
+            b.tpm.correct(tpm_entry, 0, now)
+
+    # -- results, usage, health ----------------------------------------------------------------------------
+
+    def _finish(self, call: _Call, backend: Backend, response: ProviderResponse, latency_ms: float) -> ExecuteResult:
+        cost = self.cost_usd(backend, response)
+        attempts = call.attempts
+        self.usage.success(
+            call.agent,
+            call.model,
+            backend.name,
+            response.usage,
+            cost,
+            [a.backend for a in attempts] if attempts else None,
+        )
         return ExecuteResult(
             content=response.content,
             model=response.model,
@@ -177,11 +746,12 @@ class Router:
             usage=response.usage,
             finish_reason=response.finish_reason,  # type: ignore[arg-type]
             latency_ms=round(latency_ms, 3),
-            cost_usd=self.cost_usd(backend, response),
-            metadata=params.metadata or {},
+            cost_usd=cost,
+            metadata=call.params.metadata or {},
             tool_calls=response.tool_calls,
             native_finish_reason=response.native_finish_reason,
             id=response.id,
+            attempts=len(attempts) + 1,
             raw=msgspec.Raw(response.raw) if response.raw is not None else None,
         )
 
@@ -196,16 +766,36 @@ class Router:
         cost = (usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1_000_000
         return math.floor(cost * 1e9 + 0.5) / 1e9
 
+    def get_agent_usage(self, agent_id: str | None) -> AgentUsage:
+        """What ``agent_id`` (None: ``"anonymous"``) has spent since start or its last reset."""
+        return self.usage.get(agent_id)
+
+    def get_all_usage(self) -> dict[str, AgentUsage]:
+        """Every agent's usage, by agent id."""
+        return self.usage.all()
+
+    def reset_agent_usage(self, agent_id: str | None = None) -> list[str]:
+        """Clear one agent's counters, or everyone's (None); returns the agents cleared."""
+        return self.usage.reset(agent_id)
+
     def health(self) -> list[BackendHealth]:
-        return [
-            BackendHealth(
-                name=b.name,
-                provider=b.config.provider,
-                in_flight=b.in_flight,
-                key=b.key_state(),  # type: ignore[arg-type]
+        now = _now()
+        out = []
+        for b in self.backends:
+            state = b.state(now)
+            out.append(
+                BackendHealth(
+                    name=b.name,
+                    provider=b.config.provider,
+                    state=state,  # type: ignore[arg-type]
+                    in_flight=b.in_flight,
+                    key=b.key_state(),  # type: ignore[arg-type]
+                    error_rate=round(b.error_rate, 3),
+                    latency_ms=round(b.latency * 1000, 3) if b.latency is not None else None,
+                    cooldown_s=round(b.blocked_until - now, 3) if state == "cooling_down" else None,
+                )
             )
-            for b in self.backends
-        ]
+        return out
 
     async def aclose(self) -> None:
         """Close every backend's connection pool."""
@@ -218,3 +808,11 @@ class Router:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _now() -> float:
+    """The event loop's clock (a test's mock clock included); the monotonic clock outside a loop."""
+    try:
+        return anyio.current_time()
+    except Exception:
+        return time.monotonic()

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from llm_rpc._secret import Secret
 from llm_rpc.types import Message, MockOptions, ToolCall, Usage
 
 __all__ = [
@@ -38,6 +39,9 @@ class ProviderRequest:
     timeout: float | None = None
     mock: MockOptions | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The key for this attempt, chosen by the router when the backend has several (``api_key_envs``);
+    #: a provider uses it instead of its own. None: the provider's own key.
+    api_key: Secret | None = None
 
 
 @dataclass(slots=True)
