@@ -143,8 +143,8 @@ class ExecuteResult(_Out):
     raw: msgspec.Raw | None = None
 
 
-class BackendHealth(_Out):
-    """One backend as ``health`` reports it."""
+class BackendHealth(Struct, kw_only=True):
+    """One backend as ``health`` reports it: every field always present (null when unknown)."""
 
     name: str
     provider: str
