@@ -142,6 +142,14 @@ class MinuteWindow:
                 return end if end > at else at
         return at  # unreachable: amount <= limit
 
+    def fits_now(self, amount: int, now: float) -> bool:
+        """``amount`` would be admitted at ``now`` (the cheap form of ``fit_time(amount, now) <= now``)."""
+        self._prune(now)
+        entries = self._entries
+        if entries and entries[-1][0] > now:
+            return False  # others are already waiting: FIFO
+        return self.used + min(amount, self.limit) <= self.limit
+
     def reserve(self, amount: int, at: float) -> list[float]:
         """Admit ``amount`` at time ``at`` (a time ``fit_time`` gave, or later); returns the entry."""
         amount = min(amount, self.limit)

@@ -396,35 +396,35 @@ class Router:
                     raise final_error(call.attempts)
 
     def _choose(self, call: _Call, now: float) -> int:
-        """The strategy's pick among backends usable now, one that can start at once first."""
+        """The strategy's pick among backends usable now, preferring one whose limits let it start at once.
+
+        The plain pick comes first: when it can start at once it is also the best of those that can
+        (they are a subset), so the limits are asked again only when it cannot.
+        """
         route = call.route
-        backends = route.backends
         excluded = call.tried | call.exhausted | call.skip
         explore = self._settings.latency_exploration
+        i = pick(call.strategy, route, excluded, now, None, explore)
+        if i < 0 or not route.limited:
+            return i
+        backends = route.backends
+        if not backends[i].limited or self._fits(backends[i], call, now):
+            return i
 
-        def ready(i: int) -> bool:
-            if (excluded >> i) & 1:
-                return False
-            b = backends[i]
-            return b.blocked_until <= now and b.probe is None
+        def free(j: int) -> bool:
+            b = backends[j]
+            return not b.limited or self._fits(b, call, now)
 
-        if route.limited:
-
-            def free(i: int) -> bool:
-                return ready(i) and (not backends[i].limited or self._fits(backends[i], call, now))
-
-            i = pick(call.strategy, route, free, explore)
-            if i >= 0:
-                return i
-        return pick(call.strategy, route, ready, explore)
+        j = pick(call.strategy, route, excluded, now, free, explore)
+        return j if j >= 0 else i
 
     def _fits(self, b: Backend, call: _Call, now: float) -> bool:
         """``b``'s limits let this call start now, without waiting."""
         if b.slots is not None and not b.slots.free():
             return False
-        if b.rpm is not None and b.rpm.fit_time(1, now) > now:
+        if b.rpm is not None and not b.rpm.fits_now(1, now):
             return False
-        return b.tpm is None or b.tpm.fit_time(call.estimate(), now) <= now
+        return b.tpm is None or b.tpm.fits_now(call.estimate(), now)
 
     def _earliest(self, call: _Call, now: float) -> tuple[int, float, anyio.Event | None]:
         """The backend usable soonest (and when), or a probe in flight to wait for."""
