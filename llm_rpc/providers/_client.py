@@ -1,8 +1,12 @@
 """The HTTP client every provider uses: httpx's API, from the httpx2 distribution.
 
-httpx 0.28 over httpcore 1.0.9 tops out near 60 req/s at 64 calls in flight against a 200 ms
-upstream (its pool assignment is quadratic in connections); httpx2 keeps httpx's API, runs on
-asyncio and trio, and reaches ~90% of the ideal there. contracts/decisions.md has the numbers.
+httpx 0.28 over httpcore 1.0.9 collapses under concurrency: its pool does work quadratic in its
+connections, so against a local upstream it gives 16-49 req/s at 256 calls in flight and 200 ms
+(ideal 1,280) and 84-130 req/s at 64 in flight with no latency. httpx2 keeps httpx's API, runs on
+asyncio and trio, and gives 98-99% of the ideal at 64 in flight and 200 ms on both (the issue 3
+target is 85%), about 800 req/s at 256. The pool is wide and all kept alive: httpx's default
+Limits (100 connections, 20 kept alive) cap 256 in flight at 200 ms near 480 req/s.
+contracts/decisions.md has the numbers (``bench/http_clients.py``).
 Imported only when a real provider is built: the mock path never pays for it.
 """
 
