@@ -625,7 +625,7 @@ class Router:
             b.failures = 0
         if probe:
             self._end_probe(b, healthy=not (fault or b.blocked_until > now))
-        if key >= 0 and exc.type == "rate_limited" and self._has_fresh_key(b, call, i, now):
+        if key >= 0 and exc.type == "rate_limited" and b.blocked_until <= now and self._has_fresh_key(b, call, i, now):
             call.force = i  # per-key limits: another key of this backend before the next backend
 
     def _cool(self, b: Backend, until: float) -> None:

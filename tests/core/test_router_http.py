@@ -7,6 +7,7 @@ real time (the upstream is a thread), so waits are kept short.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -136,3 +137,20 @@ async def test_a_401_is_not_retried_over_http(upstreams: Callable[[Script], Upst
             await router.execute(prompt="hi", model="gpt-4o-mini")
     assert raised.value.data["status"] == 401
     assert (len(bad.arrivals), len(good.arrivals)) == (1, 0)
+
+
+async def test_a_slow_trickle_is_cut_by_the_backends_timeout_and_the_call_moves_on(
+    upstreams: Callable[[Script], Upstream],
+) -> None:
+    # Each chunk arrives well within a read timeout, but the whole answer would take 2 s.
+    body = json.dumps(wire.completion("slow")).encode()
+    pieces: list[bytes | str] = [body[i : i + 16] for i in range(0, len(body), 16)]
+    trickle = Script(default=Reply(chunks=pieces, chunk_delay=2.0 / len(pieces), content_type="application/json"))
+    ok = Script()
+    ups = {"slow": upstreams(trickle), "fast": upstreams(ok)}
+    async with http_router(ups, backends={"slow": {"timeout_seconds": 0.4}}, retries=1) as router:
+        started = time.monotonic()
+        with anyio.fail_after(10):
+            result = await router.execute(prompt="hi", model="gpt-4o-mini")
+    assert (result.backend, result.attempts) == ("fast", 2)
+    assert time.monotonic() - started < 1.5
