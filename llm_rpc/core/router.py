@@ -369,7 +369,7 @@ class Router:
                         await probe.wait()
                         call.waiting = None
                         continue
-                    raise self._stop(call, now, -1, 0.0)
+                    raise self._stop(call, -1, 0.0)
                 retrying = bool(call.attempts)
                 if retrying:
                     delay = backoff_delay(
@@ -377,7 +377,7 @@ class Router:
                     )
                     at = max(at, now + delay)
                 if at >= call.deadline:
-                    raise self._stop(call, now, best, at - now)
+                    raise self._stop(call, best, at - now)
                 if retrying:
                     call.backoffs += 1
                 if at > now:
@@ -442,7 +442,7 @@ class Router:
                 best, best_at = i, at
         return best, best_at, probe
 
-    def _stop(self, call: _Call, now: float, best: int, wait: float) -> errors.LLMError:
+    def _stop(self, call: _Call, best: int, wait: float) -> errors.LLMError:
         """The error of a call that cannot make another attempt before its deadline."""
         if call.attempts:
             return final_error(call.attempts)
@@ -463,11 +463,13 @@ class Router:
         b = route.backends[i]
         call.current = b.name
         slots = b.slots
+        waited = False
         if slots is not None and not slots.try_acquire():
             call.waiting = "max_concurrent"
             await slots.acquire()
             call.waiting = None
             now = anyio.current_time()
+            waited = True
         try:
             rpm_entry = tpm_entry = None
             if b.rpm is not None or b.tpm is not None:
@@ -501,6 +503,16 @@ class Router:
                             b.tpm.correct(tpm_entry, 0, at)
                         raise
                     call.waiting = None
+                    waited = True
+            if waited:
+                now = anyio.current_time()
+                if b.blocked_until > now or b.probe is not None:
+                    # It began cooling down, or its probe went out, while this call queued: choose again.
+                    if rpm_entry is not None and b.rpm is not None:
+                        b.rpm.correct(rpm_entry, 0, now)
+                    if tpm_entry is not None and b.tpm is not None:
+                        b.tpm.correct(tpm_entry, 0, now)
+                    return None
             return await self._send(call, i, b, tpm_entry)
         finally:
             if slots is not None:

@@ -238,6 +238,19 @@ async def test_max_concurrent_is_never_exceeded_and_the_queue_is_fifo() -> None:
     assert [int(t) for t in since(start, a.times)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
 
 
+async def test_a_call_queued_for_a_backend_that_starts_cooling_meanwhile_is_not_sent_to_it() -> None:
+    a = Scripted("a", E500, latency=1.0)
+    router = make_router(
+        a, retries=0, cooldown_after_failures=1, cooldown_seconds=10.0, backends={"a": {"max_concurrent": 1}}
+    )
+    start = anyio.current_time()
+    first, second = await staggered(router, 2, config={"timeout_seconds": 30})
+    assert isinstance(first, ServerError)
+    assert isinstance(second, ExecuteResult)
+    # The second call queued for a's slot; when it got it at 1.0, a was cooling down: it waited for the probe.
+    assert since(start, a.times) == [0.0, 11.0]
+
+
 def _max_in_window(times: list[float], amounts: list[int], window: float = 60.0) -> int:
     """The most admitted in any half-open window (t - 60, t] (1 ns of slack for float rounding)."""
     return max(sum(n for s, n in zip(times, amounts, strict=True) if t - window + 1e-9 < s <= t) for t in times)
