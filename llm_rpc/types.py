@@ -94,6 +94,11 @@ class ExecuteParams(_In):
     metadata: dict[str, Any] | None = None
     mock: MockOptions | None = None
     strategy: Strategy | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    stop: list[str] | None = None
+    include_raw: bool = False
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

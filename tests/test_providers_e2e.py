@@ -115,3 +115,31 @@ def test_execute_reaches_every_provider_through_one_config_file(upstream: Upstre
     everything = bytes(server.raw_stdout).decode() + "".join(server.stderr_lines)
     assert CANARY_KEY not in everything
     assert json.dumps(replies).count(CANARY_KEY) == 0
+
+
+@pytest.mark.anyio
+async def test_tools_response_format_and_include_raw_reach_the_provider_in_its_own_shape(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    from llm_rpc import Router
+
+    monkeypatch.setenv(KEY_ENV, CANARY_KEY)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    schema = {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}}
+    async with Router.from_config(_config(tmp_path, upstream.url)) as router:
+        result = await router.execute(
+            prompt="hi",
+            model="claude-sonnet-5-5",
+            tools=tools,
+            tool_choice="required",
+            response_format=schema,
+            stop=["END"],
+            include_raw=True,
+        )
+    sent = upstream.requests[-1].json()
+    assert sent["tools"] == [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    assert sent["tool_choice"] == {"type": "any"}
+    assert sent["output_config"]["format"] == {"type": "json_schema", "schema": {"type": "object"}}
+    assert sent["stop_sequences"] == ["END"]
+    assert result.raw is not None
+    assert json.loads(bytes(result.raw))["content"][0]["text"] == "from anthropic"

@@ -310,6 +310,11 @@ class Router:
             messages=params.chat_messages(),
             max_tokens=cfg.max_tokens if cfg is not None else None,
             temperature=cfg.temperature if cfg is not None else None,
+            tools=params.tools,
+            tool_choice=params.tool_choice,
+            response_format=params.response_format,
+            stop=params.stop,
+            include_raw=params.include_raw,
             timeout=timeout,
             mock=params.mock,
         )
