@@ -57,6 +57,47 @@ asyncio.run(main())
 """
 
 
+INPROCESS = r"""
+import asyncio, json, os, statistics, sys, time
+from llm_rpc import Router
+config, in_flight, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+async def main():
+    router = Router.from_config(config)
+    lat = []
+    start = time.perf_counter(); warm = start + 0.3; stop = warm + duration
+    async def loop():
+        while True:
+            t = time.perf_counter()
+            if t >= stop: return
+            await router.execute(prompt="Hello", model="bench-model")
+            done = time.perf_counter()
+            if t >= warm: lat.append(done - t)
+    await asyncio.gather(*(loop() for _ in range(in_flight)))
+    await router.aclose()
+    lat.sort()
+    print(json.dumps({"rps": len(lat) / duration, "p50_ms": statistics.median(lat) * 1000,
+                      "p99_ms": lat[int(0.99 * len(lat))] * 1000}))
+asyncio.run(main())
+"""
+
+
+def _inprocess(config: Path, in_flight: int, duration: float) -> dict[str, Any]:
+    import os
+
+    env = {**os.environ, "LLM_RPC_BENCH_KEY": "bench-not-a-real-key-0000"}
+    done = subprocess.run(
+        [PY, "-c", INPROCESS, str(config), str(in_flight), str(duration)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=120,
+        env=env,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
 def _direct(port: int, in_flight: int, duration: float) -> dict[str, Any]:
     done = subprocess.run(
         [PY, "-c", DIRECT, str(port), str(in_flight), str(duration)],
@@ -109,6 +150,9 @@ def main(rounds: int = 2, duration: float = 2.0) -> dict[str, Any]:
                     rows.setdefault(("direct httpx2", latency, in_flight), []).append(
                         _direct(port, in_flight, duration)
                     )
+                    rows.setdefault(("llm-rpc in-process Router", latency, in_flight), []).append(
+                        _inprocess(config, in_flight, duration)
+                    )
                     for transport in ("tcp", "stdio"):
                         rows.setdefault((f"llm-rpc {transport}", latency, in_flight), []).append(
                             _gateway(transport, config, in_flight, duration)
@@ -146,11 +190,11 @@ def markdown(results: dict[str, Any]) -> str:
     by = {(r["client"], r["latency_ms"], r["in_flight"]): r for r in results["rows"]}
     direct = by.get(("direct httpx2", 0.0, 1))
     if direct:
-        for transport in ("tcp", "stdio"):
-            ours = by.get((f"llm-rpc {transport}", 0.0, 1))
+        for who in ("llm-rpc in-process Router", "llm-rpc tcp", "llm-rpc stdio"):
+            ours = by.get((who, 0.0, 1))
             if ours:
                 added = (ours["p50_ms"] - direct["p50_ms"]) * 1000
-                lines.append(f"\nllm-rpc over {transport} adds {added:.0f} µs per call at p50, 1 in flight")
+                lines.append(f"\n{who} adds {added:.0f} µs per call at p50, 1 in flight")
     return "\n".join(lines)
 
 
