@@ -122,13 +122,17 @@ def cold_start(runs: int = 15) -> dict[str, float]:
         subprocess.run(cmd, input=stdin.encode(), capture_output=True, env=env, check=True)
         return (time.perf_counter() - start) * 1000
 
-    pipe, bare = [], []
+    pipe: list[float] = []
+    bare: list[float] = []
+    imports: list[float] = []
     for _ in range(runs):
         pipe.append(timed(argv, README_PIPE))
         bare.append(timed([PY, "-c", "pass"], ""))
+        imports.append(timed([PY, "-c", "import anyio, msgspec, asyncio"], ""))
     return {
         "one_shot_pipe_ms": round(statistics.median(pipe), 1),
         "python_c_pass_ms": round(statistics.median(bare), 1),
+        "bare_imports_ms": round(statistics.median(imports), 1),
     }
 
 
