@@ -87,6 +87,8 @@ class RouterSettings(_Cfg):
     cooldown_seconds: NonNegative = 30.0
     #: Under ``latency``, every Nth choice goes to the candidate tried least recently (0: never).
     latency_exploration: Annotated[int, Meta(ge=0)] = 10
+    #: How many items of one ``execute_batch`` run at once, unless the call says otherwise.
+    batch_concurrency: PositiveInt = 32
 
 
 class BackendConfig(_Cfg):

@@ -5,6 +5,7 @@ LLMError                        base: every error a caller of llm-rpc should cat
 ├── ConfigError                 config_error     the config file or an option is invalid
 ├── NoRouteError                no_route         no backend can serve the request
 ├── RequestTimeoutError         timeout          the request's own deadline expired
+├── RequestCancelledError       cancelled        the call was cancelled (e.g. by a failing sibling)
 ├── LLMBudgetExceededError      budget_exceeded  a delegation-chain budget refused the call
 ├── BackendError                backend_error    two or more attempts failed; data.attempts lists them
 └── ProviderError               (upstream faults, classified by status and body)
@@ -44,6 +45,7 @@ __all__ = [
     "ProviderError",
     "QuotaExceededError",
     "RateLimitedError",
+    "RequestCancelledError",
     "RequestTimeoutError",
     "ServerError",
     "UpstreamConnectionError",
@@ -88,6 +90,12 @@ class RequestTimeoutError(LLMError):
     """The request's own deadline expired (queueing, retries and streaming included)."""
 
     type = "timeout"
+
+
+class RequestCancelledError(LLMError):
+    """The call was cancelled before it finished (``execute_batch`` with ``fail_fast``, a client)."""
+
+    type = "cancelled"
 
 
 class LLMBudgetExceededError(LLMError):
@@ -204,7 +212,7 @@ _PROVIDER_ERRORS: dict[str, type[ProviderError]] = {
     )
 }
 _OTHER_ERRORS: dict[str, type[LLMError]] = {
-    cls.type: cls for cls in (ConfigError, NoRouteError, LLMBudgetExceededError, BackendError)
+    cls.type: cls for cls in (ConfigError, NoRouteError, LLMBudgetExceededError, BackendError, RequestCancelledError)
 }
 
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Meta, Struct, field
 
 __all__ = [
     "AgentUsage",
     "BackendHealth",
+    "BatchItem",
+    "BatchSummary",
+    "ErrorObject",
+    "ExecuteBatchParams",
+    "ExecuteBatchResult",
     "ExecuteParams",
     "ExecuteResult",
     "HealthResult",
@@ -213,3 +218,42 @@ class UsageResetResult(Struct, kw_only=True):
     """The result of ``usage.reset``: the agents whose counters were cleared."""
 
     reset: list[str]
+
+
+class ExecuteBatchParams(_In):
+    """Params of ``execute_batch``: many ``execute`` params run at once."""
+
+    items: Annotated[list[ExecuteParams], Meta(min_length=1, max_length=10_000)]
+    concurrency: PositiveInt | None = None
+    chain_id: str | None = None
+    fail_fast: bool = False
+
+
+class ErrorObject(_Out):
+    """A JSON-RPC error object, as one batch item's outcome."""
+
+    code: int
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class BatchItem(_Out):
+    """One item's outcome: exactly one of ``ok`` and ``error``."""
+
+    ok: ExecuteResult | None = None
+    error: ErrorObject | None = None
+
+
+class BatchSummary(_Out):
+    ok: int
+    failed: int
+    total_tokens: int
+    cost_usd: float | None
+    wall_ms: float
+
+
+class ExecuteBatchResult(_Out):
+    """Results in input order, and the batch's totals."""
+
+    results: list[BatchItem]
+    summary: BatchSummary

@@ -33,6 +33,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -43,6 +44,7 @@ from llm_rpc._secret import Secret
 from llm_rpc.config import BackendConfig, Config, load_config
 from llm_rpc.core._retry import Attempt, backoff_delay, final_error
 from llm_rpc.core._strategies import Route, pick
+from llm_rpc.core.batch import BatchOutcome, run_batch
 from llm_rpc.core.ratelimit import MinuteWindow, Slots, estimate_tokens
 from llm_rpc.core.usage import UsageTracker
 from llm_rpc.providers import Provider, ProviderRequest, ProviderResponse, provider_class
@@ -669,6 +671,36 @@ class Router:
             event.set()
 
     # -- the inline path --------------------------------------------------------------------------------
+
+    async def execute_batch(
+        self,
+        items: Sequence[ExecuteParams | dict[str, Any]],
+        *,
+        concurrency: int | None = None,
+        chain_id: str | None = None,
+        fail_fast: bool = False,
+    ) -> BatchOutcome:
+        """Run many calls at once; each item's result or error comes back in input order.
+
+        Raises:
+            TypeError: an item is not valid ``execute`` params.
+        """
+        parsed = []
+        for item in items:
+            if isinstance(item, ExecuteParams):
+                parsed.append(item)
+                continue
+            try:
+                parsed.append(msgspec.convert(item, ExecuteParams))
+            except msgspec.ValidationError as exc:
+                raise TypeError(f"invalid execute_batch item: {exc}") from None
+        return await run_batch(
+            self.execute,
+            parsed,
+            concurrency=concurrency or self.config.router.batch_concurrency,
+            chain_id=chain_id,
+            fail_fast=fail_fast,
+        )
 
     def execute_nowait(self, params: ExecuteParams) -> ExecuteResult | None:
         """The result, if it can be had without waiting for anything (the mock with no latency).
