@@ -106,11 +106,8 @@ def _versions() -> dict[str, str]:
 async def _make_client(client: str, base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
     """``(call, close)`` for one client; ``call`` POSTs BODY and reads the whole response body."""
     if client in set(CLIENTS) - {"aiohttp"}:
-        http: Any
-        if client.startswith("httpx2"):
-            import httpx2 as http
-        else:
-            import httpx as http
+        # httpx 0.28 lives only in the bench venv (bench/requirements.txt), not in the package's.
+        http: Any = importlib.import_module("httpx2" if client.startswith("httpx2") else "httpx")
         if client == "httpx2-llmrpc":
             c = _load_new_client()(base_url=base_url, timeout=TIMEOUT)
         elif client.endswith("-default"):
