@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -22,13 +23,14 @@ from typing import Any
 import anyio
 import anyio.abc
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from anyio.streams.stapled import StapledByteStream
 
 from llm_rpc import _codes, errors
 from llm_rpc.protocol.errors import PROTOCOL_ERRORS, RpcError
 from llm_rpc.protocol.framing import NdjsonFramer
 
-__all__ = ["Client", "error_from_wire"]
+__all__ = ["Client", "StreamingCall", "error_from_wire"]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -66,6 +68,43 @@ class _Pending:
         self.reply: dict[str, Any] | None = None
 
 
+class StreamingCall:
+    """A streamed call in progress: iterate for the deltas, then read ``result``."""
+
+    def __init__(
+        self,
+        client: Client,
+        request_id: int,
+        pending: _Pending,
+        deltas: MemoryObjectReceiveStream[dict[str, Any]],
+    ) -> None:
+        self._client = client
+        self._id = request_id
+        self._pending = pending
+        self._deltas = deltas
+
+    def __aiter__(self) -> StreamingCall:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return await self._deltas.receive()
+        except anyio.EndOfStream:
+            self._deltas.close()
+            raise StopAsyncIteration from None
+
+    @property
+    def result(self) -> Any:
+        """The whole result (after the deltas); raises the typed exception if the call failed."""
+        reply = self._pending.reply
+        if reply is None:
+            raise RuntimeError("the call has not finished: read every delta first")
+        self._client._pending.pop(self._id, None)
+        if "error" in reply:
+            raise error_from_wire(reply["error"])
+        return reply.get("result")
+
+
 class Client:
     """A JSON-RPC 2.0 client over one byte stream (newline-delimited JSON)."""
 
@@ -75,6 +114,7 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._send_lock = anyio.Lock()
         self._closed = False
+        self._streams: dict[int, MemoryObjectSendStream[dict[str, Any]]] = {}
         self.notifications: list[dict[str, Any]] = []
 
     # -- construction ----------------------------------------------------------------------------
@@ -143,8 +183,15 @@ class Client:
 
     # -- calls -----------------------------------------------------------------------------------
 
-    async def call(self, method: str, params: Any = None) -> Any:
-        """Call ``method`` and return its result; raise the typed exception on error."""
+    async def call(self, method: str, params: Any = None, *, stream: bool = False) -> Any:
+        """Call ``method`` and return its result; raise the typed exception on error.
+
+        With ``stream=True`` (for ``execute``), ``"stream": true`` is set in the params and the
+        return value is a ``StreamingCall``: ``async for delta in it`` yields each
+        ``execute.delta``'s ``delta`` as it arrives, then ``it.result`` holds the whole result.
+        """
+        if stream:
+            return await self._start_stream(method, params)
         request_id = next(self._ids)
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
@@ -160,6 +207,15 @@ class Client:
         if "error" in reply:
             raise error_from_wire(reply["error"])
         return reply.get("result")
+
+    async def _start_stream(self, method: str, params: Any) -> StreamingCall:
+        request_id = next(self._ids)
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+        pending = self._pending[request_id] = _Pending()
+        self._streams[request_id] = send
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {**(params or {}), "stream": True}}
+        await self._send(_encoder.encode(message))
+        return StreamingCall(self, request_id, pending, receive)
 
     async def notify(self, method: str, params: Any = None) -> None:
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
@@ -216,6 +272,9 @@ class Client:
                 if pending.reply is None:
                     pending.reply = {"error": lost}
                     pending.event.set()
+            for sink in self._streams.values():
+                sink.close()
+            self._streams.clear()
 
     def _dispatch(self, message: Any) -> None:
         if isinstance(message, list):
@@ -225,9 +284,19 @@ class Client:
         if not isinstance(message, dict):
             return
         if "method" in message:
+            params = message.get("params")
+            if message["method"] == "execute.delta" and isinstance(params, dict):
+                sink = self._streams.get(params.get("request_id"))  # type: ignore[arg-type]
+                if sink is not None:
+                    sink.send_nowait(params.get("delta", {}))
+                    return
             self.notifications.append(message)
             return
-        pending = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+        request_id = message.get("id")
+        pending = self._pending.get(request_id)  # type: ignore[arg-type]
         if pending is not None:
             pending.reply = message
             pending.event.set()
+        sink = self._streams.pop(request_id, None)  # type: ignore[arg-type]
+        if sink is not None:
+            sink.close()

@@ -75,6 +75,8 @@ class RunConfig(_In):
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
     max_tokens: PositiveInt | None = None
     timeout_seconds: PositiveFloat | None = None
+    #: Streaming: fail over a provider that accepts the request but streams nothing for this long.
+    first_token_timeout_seconds: PositiveFloat | None = None
 
 
 class MockOptions(_In):
@@ -104,6 +106,7 @@ class ExecuteParams(_In):
     response_format: dict[str, Any] | None = None
     stop: list[str] | None = None
     include_raw: bool = False
+    stream: bool = False
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -97,3 +97,19 @@ def test_call_over_a_unix_socket_and_text_logs(tmp_path: Path) -> None:
     text_lines = [line for line in server.stderr_lines if "llm_rpc" in line]
     assert text_lines
     assert all(not line.lstrip().startswith("{") for line in text_lines)
+
+
+@pytest.mark.anyio
+async def test_client_streams_execute_deltas_as_an_async_iterator(anyio_backend: str) -> None:
+    argv = [sys.executable, "-m", "llm_rpc", "serve", "--stdio", "--backend", anyio_backend]
+    async with Client.spawn(argv, env=server_env()) as client:
+        call = await client.call("execute", {"prompt": "one two three", "mock": {"stream_delay_ms": 5}}, stream=True)
+        deltas = [delta async for delta in call]
+        assert len(deltas) == 6
+        assert "".join(d["content"] for d in deltas) == call.result["content"] == "Mock answer to: one two three"
+        failing = await client.call("execute", {"prompt": "x", "mock": {"fail_rate": 1}}, stream=True)
+        assert [d async for d in failing] == []
+        from llm_rpc.errors import ServerError
+
+        with pytest.raises(ServerError):
+            _ = failing.result

@@ -35,7 +35,7 @@ def test_openrpc_documents_every_execute_param_with_its_type() -> None:
     names = {p["name"] for p in execute["params"]}
     assert {"prompt", "messages", "model", "config", "agent_id", "chain_id", "task_type", "metadata"} <= names
     run_config = document["components"]["schemas"]["RunConfig"]["properties"]
-    assert set(run_config) == {"model_name", "temperature", "max_tokens", "timeout_seconds"}
+    assert {"model_name", "temperature", "max_tokens", "timeout_seconds"} <= set(run_config)
 
 
 def _table_codes(markdown: str) -> dict[str, int]:

@@ -28,12 +28,13 @@ request (decisions.md #8), so it is never cooled down and never sent the same re
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -47,7 +48,7 @@ from llm_rpc.core._strategies import Route, pick
 from llm_rpc.core.batch import BatchOutcome, run_batch
 from llm_rpc.core.ratelimit import MinuteWindow, Slots, estimate_tokens
 from llm_rpc.core.usage import UsageTracker
-from llm_rpc.providers import Provider, ProviderRequest, ProviderResponse, provider_class
+from llm_rpc.providers import Provider, ProviderRequest, ProviderResponse, TextDelta, provider_class
 from llm_rpc.types import AgentUsage, BackendHealth, ExecuteParams, ExecuteResult
 
 __all__ = ["Backend", "Router"]
@@ -168,6 +169,14 @@ class _Route(Route[Backend]):
         self.limited = any(b.limited for b in backends)
 
 
+#: Receives each streamed piece: ``(index, {"content": str} | {"tool_call": {...}})``.
+DeltaSink = Callable[[int, dict[str, Any]], None]
+
+
+def _ignore_delta(index: int, delta: dict[str, Any]) -> None:
+    return None
+
+
 class _Call:
     """The state of one ``execute`` call across its attempts."""
 
@@ -186,6 +195,8 @@ class _Call:
         "refusal",
         "request",
         "route",
+        "sent",
+        "sink",
         "skip",
         "strategy",
         "timeout",
@@ -216,6 +227,9 @@ class _Call:
         self.refusal: errors.RateLimitedError | None = None
         self.waiting: str | None = None
         self.current: str | None = None
+        # Streaming: where deltas go, and how many have gone (after the first, no failover).
+        self.sink: DeltaSink | None = None
+        self.sent = 0
 
     def estimate(self) -> int:
         if self.est < 0:
@@ -322,8 +336,15 @@ class Router:
         )
         return _Call(params, model, route, request, params.strategy or self._settings.strategy, timeout)
 
-    async def execute(self, params: ExecuteParams | None = None, /, **kwargs: Any) -> ExecuteResult:
+    async def execute(
+        self, params: ExecuteParams | None = None, /, *, on_delta: DeltaSink | None = None, **kwargs: Any
+    ) -> ExecuteResult:
         """Run one call. Accepts an ``ExecuteParams`` or its fields as keywords.
+
+        With ``stream: true`` the provider's stream is read and each piece is handed to
+        ``on_delta(index, delta)`` as it arrives (``delta``: ``{"content": str}`` or ``{"tool_call":
+        {...}}``); the result is the same whole result. Until the first delta has been handed over a
+        failing upstream still fails over; after it, an error ends the call (never a short answer).
 
         Raises:
             NoRouteError: no backend serves the model.
@@ -339,6 +360,8 @@ class Router:
             except msgspec.ValidationError as exc:
                 raise TypeError(f"invalid execute arguments: {exc}") from None
         call = self._call(params)
+        if params.stream:
+            call.sink = on_delta if on_delta is not None else _ignore_delta
         call.deadline = anyio.current_time() + call.timeout
         result: ExecuteResult | None = None
         with anyio.CancelScope(deadline=call.deadline):
@@ -549,11 +572,11 @@ class Router:
         try:
             if limit is not None and limit < remaining:
                 with anyio.move_on_after(limit) as scope:
-                    response = await b.provider.complete(request)
+                    response = await self._complete(call, b, request)
                 if scope.cancelled_caught:
                     raise errors.UpstreamTimeoutError(f"{b.name}: no answer within {limit:g}s", backend=b.name)
             else:
-                response = await b.provider.complete(request)
+                response = await self._complete(call, b, request)
         except errors.ProviderError as exc:
             ended = anyio.current_time()
             self._failed(call, i, b, key, exc, ended, ended - started, probe)
@@ -575,6 +598,55 @@ class Router:
         if tpm_entry is not None and b.tpm is not None:
             b.tpm.correct(tpm_entry, response.usage.total_tokens or call.estimate(), ended)
         return self._finish(call, b, response, latency * 1000)
+
+    async def _complete(self, call: _Call, b: Backend, request: ProviderRequest) -> ProviderResponse:
+        """One upstream call: the whole answer, or (streaming) its pieces to the sink, then the answer."""
+        sink = call.sink
+        if sink is None:
+            return await b.provider.complete(request)
+        cfg = call.params.config
+        first_token = cfg.first_token_timeout_seconds if cfg is not None else None
+        final: ProviderResponse | None = None
+        try:
+            async with contextlib.aclosing(b.provider.stream(request)) as items:  # type: ignore[type-var]
+                iterator = aiter(items)
+                while True:
+                    if call.sent == 0 and first_token is not None:
+                        with anyio.move_on_after(first_token) as scope:
+                            item = await anext(iterator, None)
+                        if scope.cancelled_caught:
+                            raise errors.UpstreamTimeoutError(
+                                f"{b.name}: nothing streamed within {first_token:g}s",
+                                backend=b.name,
+                                limit="first_token_timeout_seconds",
+                            )
+                    else:
+                        item = await anext(iterator, None)
+                    if item is None:
+                        break
+                    if isinstance(item, ProviderResponse):
+                        final = item
+                    elif isinstance(item, TextDelta):
+                        if item.content:
+                            sink(call.sent, {"content": item.content})
+                            call.sent += 1
+                    else:
+                        tool_call: dict[str, Any] = {"index": item.index, "arguments": item.arguments}
+                        if item.id is not None:
+                            tool_call["id"] = item.id
+                        if item.name is not None:
+                            tool_call["name"] = item.name
+                        sink(call.sent, {"tool_call": tool_call})
+                        call.sent += 1
+        except errors.ProviderError as exc:
+            if call.sent:
+                exc.should_retry = False  # deltas already went out: failing over would repeat them
+            raise
+        if final is None:
+            raise errors.UpstreamProtocolError(
+                f"{b.name}: the stream ended without a final response", backend=b.name, status=200
+            )
+        return final
 
     def _pick_key(self, b: Backend, call: _Call, i: int) -> int:
         """The next key of ``b`` not blocked by a Retry-After (and not tried by this call, if one is left)."""
@@ -710,6 +782,8 @@ class Router:
         the task and the deadline scope that a call which never waits does not need. Anything that
         would wait (a full limit, a probe, a retry) gives way before any state has changed.
         """
+        if params.stream:
+            return None
         call = self._call(params)
         now = anyio.current_time() if self._needs_clock else 0.0
         i = self._choose(call, now)
