@@ -109,8 +109,15 @@ async def serve_connection(
     max_message_bytes: int,
     require_auth: bool | None = None,
     outbox_limit: int = DEFAULT_OUTBOX_LIMIT,
+    eof_is_disconnect: bool = False,
 ) -> None:
-    """Serve JSON-RPC on one byte channel until EOF or shutdown, then drain and close it."""
+    """Serve JSON-RPC on one byte channel until EOF or shutdown, then drain and close it.
+
+    At shutdown every connection drains (in-flight requests get ``drain_timeout``). At EOF, stdin
+    drains too (the parent has sent its last request and waits for the replies), while a socket
+    client's EOF means it is gone (``eof_is_disconnect``): its in-flight requests are cancelled,
+    so no upstream call or reservation outlives it.
+    """
     outbox = Outbox(outbox_limit)
     framer_slot: list[Framer] = []
 
@@ -129,6 +136,12 @@ async def serve_connection(
                             await _read_loop(channel, session, framer_slot, max_message_bytes)
                         finally:
                             lifecycle.unregister(read_scope)
+                    if eof_is_disconnect and session.active and not read_scope.cancel_called:
+                        # The client is gone: stop paying for answers nobody will read.
+                        log.info("peer disconnected: cancelling its requests", extra={"peer": peer})
+                        session.cancel_all("the client disconnected")
+                        with anyio.move_on_after(1.0):
+                            await session.wait_idle()
                     if session.active:
                         with anyio.move_on_after(lifecycle.drain_timeout):
                             await session.wait_idle()

@@ -102,7 +102,9 @@ async def _accept_loop(
             peer = f"{kind}:{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else f"{kind}:{addr or 'peer'}"
         except (OSError, anyio.TypedAttributeLookupError):
             peer = kind
-        await serve_connection(stream, dispatcher, lifecycle, peer=peer, max_message_bytes=max_message_bytes)
+        await serve_connection(
+            stream, dispatcher, lifecycle, peer=peer, max_message_bytes=max_message_bytes, eof_is_disconnect=True
+        )
 
     async def accept_from(listener: Any) -> None:
         while True:
