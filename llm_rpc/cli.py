@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         "--env-file", default=None, metavar="PATH", help="load this .env (default: .env beside the config)"
     )
     serve.add_argument("--max-message-bytes", type=_size, default=16 * 1024 * 1024, help="largest message (16MiB)")
+    serve.add_argument(
+        "--max-outbox-bytes", type=_size, default=64 * 1024 * 1024, help="replies buffered for a slow reader (64MiB)"
+    )
     serve.add_argument("--max-in-flight", type=int, default=1024, help="per-connection in-flight cap (1024)")
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests at stop")
     serve.add_argument("--auth-token-env", default=None, metavar="VAR", help="require `auth` with the token in $VAR")
@@ -109,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
         config=args.config,
         env_file=args.env_file,
         max_message_bytes=args.max_message_bytes,
+        max_outbox_bytes=args.max_outbox_bytes,
         max_in_flight=args.max_in_flight,
         drain_timeout=args.drain_timeout,
         auth_token_env=args.auth_token_env,

@@ -40,6 +40,7 @@ class ServeOptions:
     config: str | None = None
     env_file: str | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_outbox_bytes: int = 64 * 1024 * 1024
     max_in_flight: int = 1024
     drain_timeout: float = 30.0
     auth_token_env: str | None = None
@@ -132,7 +133,7 @@ async def serve(
     own_router = router is None
     if router is None:
         router = Router(config)
-    lifecycle = Lifecycle(options.drain_timeout)
+    lifecycle = Lifecycle(options.drain_timeout, outbox_limit=options.max_outbox_bytes)
     server = _Server(lifecycle, token)
     dispatcher = Dispatcher(
         build_table(router, server),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
@@ -39,8 +40,10 @@ class ByteChannel(Protocol):
 class Lifecycle:
     """Server-wide stop signal: every connection's read loop and every accept loop registers here."""
 
-    def __init__(self, drain_timeout: float = 30.0) -> None:
+    def __init__(self, drain_timeout: float = 30.0, outbox_limit: int = DEFAULT_OUTBOX_LIMIT) -> None:
         self.drain_timeout = drain_timeout
+        #: Bytes of replies buffered for a connection that does not read before it is closed.
+        self.outbox_limit = outbox_limit
         self.stopping = anyio.Event()
         self._scopes: set[anyio.CancelScope] = set()
 
@@ -67,6 +70,8 @@ class Outbox:
     def __init__(self, limit: int = DEFAULT_OUTBOX_LIMIT) -> None:
         self.limit = limit
         self.overflowed = False
+        #: Called once when the limit is passed (the writer may be stuck in a send that never ends).
+        self.on_overflow: Callable[[], None] | None = None
         self._chunks: list[bytes] = []
         self._size = 0
         self._closed = False
@@ -81,6 +86,8 @@ class Outbox:
             self.overflowed = True
             self._closed = True
             self._chunks.clear()
+            if self.on_overflow is not None:
+                self.on_overflow()
         self._ready.set()
 
     async def get(self) -> bytes:
@@ -108,7 +115,7 @@ async def serve_connection(
     peer: str,
     max_message_bytes: int,
     require_auth: bool | None = None,
-    outbox_limit: int = DEFAULT_OUTBOX_LIMIT,
+    outbox_limit: int | None = None,
     eof_is_disconnect: bool = False,
 ) -> None:
     """Serve JSON-RPC on one byte channel until EOF or shutdown, then drain and close it.
@@ -118,7 +125,7 @@ async def serve_connection(
     client's EOF means it is gone (``eof_is_disconnect``): its in-flight requests are cancelled,
     so no upstream call or reservation outlives it.
     """
-    outbox = Outbox(outbox_limit)
+    outbox = Outbox(lifecycle.outbox_limit if outbox_limit is None else outbox_limit)
     framer_slot: list[Framer] = []
 
     def send(body: bytes) -> None:
@@ -127,6 +134,15 @@ async def serve_connection(
     try:
         async with anyio.create_task_group() as conn_tg:
             conn_tg.start_soon(_write_loop, channel, outbox, conn_tg.cancel_scope, peer)
+
+            def overflow() -> None:
+                log.warning(
+                    "reader too slow: closing connection",
+                    extra={"peer": peer, "limit": "outbox_bytes", "outbox_limit": outbox.limit},
+                )
+                conn_tg.cancel_scope.cancel()
+
+            outbox.on_overflow = overflow
             try:
                 async with anyio.create_task_group() as req_tg:
                     session = dispatcher.session(req_tg, send, peer=peer, require_auth=require_auth)
@@ -199,9 +215,3 @@ async def _write_loop(channel: ByteChannel, outbox: Outbox, conn_scope: anyio.Ca
             log.info("peer went away: cancelling its requests", extra={"peer": peer})
             conn_scope.cancel()
             return
-    if outbox.overflowed:
-        log.warning(
-            "reader too slow: closing connection",
-            extra={"peer": peer, "limit": "outbox_bytes", "outbox_limit": outbox.limit},
-        )
-        conn_scope.cancel()

@@ -19,7 +19,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from llm_rpc.protocol.dispatch import Dispatcher
-from llm_rpc.transports._connection import DEFAULT_OUTBOX_LIMIT, READ_CHUNK, Lifecycle, serve_connection
+from llm_rpc.transports._connection import READ_CHUNK, Lifecycle, serve_connection
 
 __all__ = ["StdioChannel", "serve_stdio"]
 
@@ -106,7 +106,7 @@ async def serve_stdio(
             peer="stdio",
             max_message_bytes=max_message_bytes,
             require_auth=False,
-            outbox_limit=DEFAULT_OUTBOX_LIMIT if outbox_limit is None else outbox_limit,
+            outbox_limit=outbox_limit,
         )
     finally:
         lifecycle.request_stop("stdin closed")

@@ -84,3 +84,33 @@ async def test_a_client_that_disconnects_has_every_in_flight_request_cancelled(h
         await stream.aclose()
         await _wait_for(lambda: hanging.client_disconnects >= 3, "every upstream call to be closed")
         await _wait_for(lambda: all(b.in_flight == 0 for b in router.backends), "nothing left in flight")
+
+
+async def test_a_reader_that_never_reads_is_cut_off_without_stalling_other_connections(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    options = ServeOptions(tcp=[("127.0.0.1", 0)], max_outbox_bytes=256 * 1024)
+    prompt = "word " * 20_000  # the mock echoes it: ~100 KB per reply
+    async with anyio.create_task_group() as tg:
+        bound = await tg.start(serve, options)
+        ((host, port),) = bound["tcp"]
+        stalled = await anyio.connect_tcp(host, port)
+        request = {"jsonrpc": "2.0", "id": 0, "method": "execute", "params": {"prompt": prompt}}
+        closed = False
+        async with Client.connect_tcp(host, port) as other:
+            with anyio.fail_after(20):
+                # Keep asking without ever reading, until the server gives up on this connection.
+                for i in range(2000):
+                    request["id"] = i
+                    try:
+                        await stalled.send((json.dumps(request) + "\n").encode())
+                    except (anyio.BrokenResourceError, OSError):
+                        closed = True
+                        break
+                    if i % 20 == 0:
+                        # Another client is served all along.
+                        assert (await other.call("health"))["status"] == "ok"
+        await stalled.aclose()
+        tg.cancel_scope.cancel()
+    assert closed
+    assert any(getattr(r, "limit", None) == "outbox_bytes" for r in caplog.records)
