@@ -120,3 +120,25 @@ async def test_the_mock_streams_word_by_word_as_notifications_before_the_reply()
     assert (
         "".join(n["params"]["delta"]["content"] for n in notes) == reply["result"]["content"] == "Mock answer to: a b c"
     )
+
+
+async def test_the_request_deadline_bounds_a_stream_too(two_upstreams: tuple[Upstream, Upstream]) -> None:
+    from llm_rpc.errors import RequestTimeoutError
+
+    first, second = two_upstreams
+    first.handler = lambda req: Reply.sse(wire.text_stream(PIECES), chunk_delay=0.5)
+    async with _router(first, second) as router:
+        deltas: list[tuple[int, dict[str, Any]]] = []
+        with anyio.fail_after(10), pytest.raises(RequestTimeoutError) as raised:
+            await router.execute(
+                prompt="weather?",
+                model="m",
+                stream=True,
+                config={"timeout_seconds": 1.3},
+                on_delta=lambda i, d: deltas.append((i, d)),
+            )
+        with anyio.fail_after(5):
+            while first.client_disconnects < 1:
+                await anyio.sleep(0.01)
+    assert raised.value.data["timeout_seconds"] == 1.3
+    assert deltas
