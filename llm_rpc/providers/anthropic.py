@@ -666,8 +666,14 @@ class AnthropicProvider:
         self._next_key += 1
         return key
 
-    def _headers(self) -> dict[str, str]:
-        return {"x-api-key": self._key().reveal()}
+    def _headers(self, request: ProviderRequest) -> dict[str, str]:
+        """This call's ``x-api-key``: the router's key for the attempt when it chose one, else the next own key.
+
+        Raises:
+            AuthError: no key for the attempt and none of the backend's key variables is set.
+        """
+        key = request.api_key if request.api_key is not None else self._key()
+        return {"x-api-key": key.reveal()}
 
     async def complete(self, request: ProviderRequest) -> ProviderResponse:
         """One Messages API call.
@@ -676,7 +682,7 @@ class AnthropicProvider:
             ProviderError: a subclass for each upstream fault (status and body both count).
         """
         body = msgspec.json.encode(to_wire(request))
-        headers = self._headers()
+        headers = self._headers(request)
         with map_transport_errors(self.name):
             response = await self._client.post(MESSAGES_PATH, content=body, headers=headers)
         if not response.is_success:
@@ -691,7 +697,7 @@ class AnthropicProvider:
                 stream that ends before ``message_stop`` raises ``UpstreamProtocolError``.
         """
         body = msgspec.json.encode(to_wire(request, stream=True))
-        headers = self._headers()
+        headers = self._headers(request)
         state = _StreamState(request.model, self.name, request.include_raw)
         with map_transport_errors(self.name):
             async with self._client.stream("POST", MESSAGES_PATH, content=body, headers=headers) as response:

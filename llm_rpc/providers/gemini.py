@@ -677,8 +677,14 @@ class GeminiProvider:
         self._next_key += 1
         return key
 
-    def _headers(self) -> dict[str, str]:
-        return {"x-goog-api-key": self._key().reveal()}
+    def _headers(self, request: ProviderRequest) -> dict[str, str]:
+        """This call's ``x-goog-api-key``: the router's key for the attempt when it chose one, else the next own key.
+
+        Raises:
+            AuthError: no key for the attempt and none of the backend's key variables is set.
+        """
+        key = request.api_key if request.api_key is not None else self._key()
+        return {"x-goog-api-key": key.reveal()}
 
     @staticmethod
     def _path(model: str, method: str) -> str:
@@ -700,7 +706,7 @@ class GeminiProvider:
             ProviderError: a subclass for each upstream fault (status and body both count).
         """
         body = msgspec.json.encode(to_wire(request, self._signatures))
-        headers = self._headers()
+        headers = self._headers(request)
         with map_transport_errors(self.name):
             response = await self._client.post(
                 self._path(request.model, "generateContent"), content=body, headers=headers
@@ -722,7 +728,7 @@ class GeminiProvider:
                 without a ``finishReason`` raises ``UpstreamProtocolError``.
         """
         body = msgspec.json.encode(to_wire(request, self._signatures))
-        headers = self._headers()
+        headers = self._headers(request)
         state = _StreamState(request.model, self.name, request.include_raw)
         path = self._path(request.model, "streamGenerateContent")
         with map_transport_errors(self.name):

@@ -441,12 +441,19 @@ class OllamaProvider:
             f"{self.name}: no API key: the environment variable {names} is not set", backend=self.name, key_env=names
         )
 
+    def _auth(self, request: ProviderRequest) -> dict[str, str]:
+        """This call's ``authorization`` header, only when there is a key: the router's for the attempt,
+        else the backend's own (revealed here and nowhere else; the pooled client holds none).
+
+        Raises:
+            AuthError: no key for the attempt and the backend's key variable is configured but not set.
+        """
+        key = request.api_key if request.api_key is not None else self._resolve_key()
+        return {} if key is None else {"authorization": f"Bearer {key.reveal()}"}
+
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            key = self._resolve_key()
             headers = {"content-type": "application/json", "user-agent": USER_AGENT, **self._headers}
-            if key is not None:
-                headers["authorization"] = f"Bearer {key.reveal()}"
             self._client = new_client(
                 base_url=self.base_url, headers=headers, timeout=self._timeout, max_connections=self._max_connections
             )
@@ -458,10 +465,11 @@ class OllamaProvider:
         Raises:
             ProviderError: a subclass naming what went wrong.
         """
+        auth = self._auth(request)
         client = self._http()
         body = to_wire(request, backend=self.name)
         with map_transport_errors(self.name):
-            response = await client.post(CHAT_PATH, content=body)
+            response = await client.post(CHAT_PATH, content=body, headers=auth)
         if not 200 <= response.status_code < 300:
             raise parse_error(response.status_code, response.headers, response.content, backend=self.name)
         return from_wire(
@@ -475,11 +483,12 @@ class OllamaProvider:
             ProviderError: as ``complete``; an ``{"error": ...}`` line is ``server_error``, a stream cut
                 short is ``protocol``.
         """
+        auth = self._auth(request)
         client = self._http()
         body = to_wire(request, stream=True, backend=self.name)
         assembler = StreamAssembler(self.name, request.model, include_raw=request.include_raw)
         with map_transport_errors(self.name):
-            async with client.stream("POST", CHAT_PATH, content=body) as response:
+            async with client.stream("POST", CHAT_PATH, content=body, headers=auth) as response:
                 if not 200 <= response.status_code < 300:
                     raw = await response.aread()
                     raise parse_error(response.status_code, response.headers, raw, backend=self.name)

@@ -629,12 +629,21 @@ class OpenAIProvider:
             key_env=names,
         )
 
+    def _auth(self, request: ProviderRequest) -> dict[str, str]:
+        """This call's ``authorization`` header: the router's key for the attempt, else the backend's own.
+
+        The key is revealed here and nowhere else; the pooled client holds none, so one backend can
+        send a different key on each attempt (``api_key_envs``).
+
+        Raises:
+            AuthError: no key for the attempt and the backend's key variable is not set.
+        """
+        key = request.api_key if request.api_key is not None else self._resolve_key()
+        return {} if key is None else {"authorization": f"Bearer {key.reveal()}"}
+
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            key = self._resolve_key()
             headers = {"content-type": "application/json", "user-agent": USER_AGENT, **self._headers}
-            if key is not None:
-                headers["authorization"] = f"Bearer {key.reveal()}"
             self._client = new_client(
                 base_url=self.base_url, headers=headers, timeout=self._timeout, max_connections=self._max_connections
             )
@@ -648,10 +657,11 @@ class OpenAIProvider:
         Raises:
             ProviderError: a subclass naming what went wrong (``auth``, ``rate_limited``, ``protocol``...).
         """
+        auth = self._auth(request)
         client = self._http()
         body = to_wire(request, self.dialect)
         with map_transport_errors(self.name):
-            response = await client.post(CHAT_PATH, content=body)
+            response = await client.post(CHAT_PATH, content=body, headers=auth)
         if not 200 <= response.status_code < 300:
             raise parse_error(
                 response.status_code, response.headers, response.content, backend=self.name, kind=self.provider
@@ -671,11 +681,12 @@ class OpenAIProvider:
             ProviderError: as ``complete``; also an error sent inside the stream, and ``protocol`` for
                 a stream cut short.
         """
+        auth = self._auth(request)
         client = self._http()
         body = to_wire(request, self.dialect, stream=True)
         assembler = StreamAssembler(self.name, request.model, include_raw=request.include_raw)
         with map_transport_errors(self.name):
-            async with client.stream("POST", CHAT_PATH, content=body) as response:
+            async with client.stream("POST", CHAT_PATH, content=body, headers=auth) as response:
                 if not 200 <= response.status_code < 300:
                     raw = await response.aread()
                     raise parse_error(
