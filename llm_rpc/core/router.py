@@ -46,6 +46,7 @@ from llm_rpc.config import BackendConfig, Config, load_config
 from llm_rpc.core._retry import Attempt, backoff_delay, final_error
 from llm_rpc.core._strategies import Route, pick
 from llm_rpc.core.batch import BatchOutcome, run_batch
+from llm_rpc.core.pricing import PriceTable
 from llm_rpc.core.ratelimit import MinuteWindow, Slots, estimate_tokens
 from llm_rpc.core.usage import UsageTracker
 from llm_rpc.providers import Provider, ProviderRequest, ProviderResponse, TextDelta, provider_class
@@ -265,7 +266,7 @@ class Router:
             provider = providers.get(name) or _build_provider(bc)
             self.backends.append(Backend(bc, provider, bc.api_keys()))
         self.backends.sort(key=lambda b: b.config.priority)
-        self._prices = {m.name: (m.input, m.output) for m in self.config.models}
+        self.prices = PriceTable(self.config.models)
         self._settings = self.config.router
         self._routes: dict[str, _Route] = {}
         self._rng = random.Random(seed)
@@ -851,7 +852,7 @@ class Router:
     # -- results, usage, health ----------------------------------------------------------------------------
 
     def _finish(self, call: _Call, backend: Backend, response: ProviderResponse, latency_ms: float) -> ExecuteResult:
-        cost = self.cost_usd(backend, response)
+        cost = self.cost_usd(backend, response, call.request.model)
         attempts = call.attempts
         self.usage.success(
             call.agent,
@@ -878,16 +879,11 @@ class Router:
             raw=msgspec.Raw(response.raw) if response.raw is not None else None,
         )
 
-    def cost_usd(self, backend: Backend, response: ProviderResponse) -> float | None:
-        """USD for this response from the configured prices; the mock is free; unknown → None."""
-        if backend.config.provider == "mock":
-            return 0.0
-        price = self._prices.get(response.model)
-        if price is None:
-            return None
-        usage = response.usage
-        cost = (usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1_000_000
-        return math.floor(cost * 1e9 + 0.5) / 1e9
+    def cost_usd(self, backend: Backend, response: ProviderResponse, sent_as: str | None = None) -> float | None:
+        """USD for this response (core/pricing.py): priced by the id sent, then the id reported; the mock
+        is free; a model without a price → None, with one warning."""
+        cfg = backend.config
+        return self.prices.cost_usd(response.usage, sent_as, response.model, provider=cfg.provider, local=cfg.local)
 
     def get_agent_usage(self, agent_id: str | None) -> AgentUsage:
         """What ``agent_id`` (None: ``"anonymous"``) has spent since start or its last reset."""
