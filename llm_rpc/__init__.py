@@ -14,6 +14,7 @@ from llm_rpc._version import __version__
 if TYPE_CHECKING:
     from llm_rpc.client import Client
     from llm_rpc.config import Config, load_config
+    from llm_rpc.core.policy import RoutingPolicy
     from llm_rpc.core.router import Router
     from llm_rpc.errors import (
         AuthError,
@@ -61,6 +62,7 @@ __all__ = [
     "RateLimitedError",
     "RequestTimeoutError",
     "Router",
+    "RoutingPolicy",
     "RunConfig",
     "ServeOptions",
     "ServerError",
@@ -78,6 +80,7 @@ _LOCATIONS: dict[str, str] = {
     "Config": "llm_rpc.config",
     "load_config": "llm_rpc.config",
     "Router": "llm_rpc.core.router",
+    "RoutingPolicy": "llm_rpc.core.policy",
     "Provider": "llm_rpc.providers.base",
     "ServeOptions": "llm_rpc.server",
     "serve": "llm_rpc.server",

@@ -1,4 +1,4 @@
-"""The ``llm-rpc`` command: ``serve``, ``call``, ``openrpc`` and ``check-config``.
+"""The ``llm-rpc`` command: ``serve``, ``call``, ``openrpc``, ``check-config`` and ``route --replay``.
 
 Imports are lazy: ``serve --stdio`` on the mock must start fast (shell scripts start it per call).
 """
@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio", help="anyio event loop")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="json", choices=["json", "text"])
+    serve.add_argument(
+        "--decision-log", default=None, metavar="PATH", help="append each routing decision to PATH (JSON lines)"
+    )
 
     call = sub.add_parser("call", help="call one method and print its result as JSON")
     call.add_argument("method")
@@ -62,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--auth-token-env", default=None, metavar="VAR", help="authenticate with the token in $VAR")
 
     sub.add_parser("openrpc", help="print the OpenRPC document (contracts/openrpc.json)")
+
+    route = sub.add_parser("route", help="recompute the decisions of a --decision-log and report any that differ")
+    route.add_argument("--replay", required=True, metavar="PATH", help="the decision log to replay")
+    route.add_argument("--config", default=None, help="config file (default: $LLM_RPC_CONFIG, else the defaults)")
+    route.add_argument(
+        "--env-file", default=None, metavar="PATH", help="load this .env (default: .env beside the config)"
+    )
 
     check = sub.add_parser("check-config", help="validate a config file and print the resolved backends")
     check.add_argument(
@@ -90,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _openrpc()
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "route":
+        return _route(args)
     parser.print_help(sys.stderr)
     return EXIT_USAGE
 
@@ -100,6 +112,8 @@ def _serve(args: argparse.Namespace) -> int:
     from llm_rpc.server import ServeOptions, parse_host_port, run
 
     configure_logging(args.log_level, args.log_format)
+    if args.decision_log:
+        os.environ["LLM_RPC_DECISION_LOG"] = args.decision_log  # the router opens it (contracts/routing.md)
     try:
         tcp = [parse_host_port(t) for t in args.tcp]
     except ValueError as exc:
@@ -269,6 +283,33 @@ def _check_config(args: argparse.Namespace) -> int:
     out.append(verdict)
     sys.stdout.write("\n".join(out) + "\n")
     return EXIT_OK
+
+
+def _route(args: argparse.Namespace) -> int:
+    """Exit 0 when every logged decision is recomputed the same, 1 when any differs (decisions.md #10)."""
+    import msgspec
+
+    from llm_rpc.config import load_config
+    from llm_rpc.core.policy import RoutingPolicy, replay
+    from llm_rpc.errors import ConfigError
+
+    try:
+        policy = RoutingPolicy.from_config(load_config(args.config, env_file=args.env_file))
+        differ = total = 0
+        for outcome in replay(args.replay, policy):
+            total += 1
+            if not outcome.same:
+                differ += 1
+                line = {"line": outcome.line, "recorded": outcome.recorded, "recomputed": outcome.recomputed}
+                sys.stdout.write(msgspec.json.encode(line).decode() + "\n")
+    except ConfigError as exc:
+        print(f"llm-rpc route: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:
+        print(f"llm-rpc route: {args.replay}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"llm-rpc route: replayed {total} decision(s), {differ} differ", file=sys.stderr)
+    return EXIT_ERROR if differ else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -26,6 +26,7 @@ from msgspec import Meta, Struct, field
 from llm_rpc import errors
 from llm_rpc._secret import Secret, redact
 from llm_rpc.errors import ConfigError
+from llm_rpc.types import Capability, Complexity
 
 if TYPE_CHECKING:
     import msgspec.inspect as mi
@@ -33,10 +34,15 @@ if TYPE_CHECKING:
 __all__ = [
     "USUAL_KEY_ENVS",
     "BackendConfig",
+    "ComplexitySettings",
     "Config",
     "ConfigSource",
     "ModelPrice",
+    "RouteExclude",
+    "RouteTarget",
     "RouterSettings",
+    "RoutingRule",
+    "RoutingSettings",
     "config_summary",
     "default_config",
     "load_config",
@@ -108,6 +114,9 @@ class BackendConfig(_Cfg):
     headers: dict[str, str] = field(default_factory=dict)
     local: bool = False
     tags: list[str] = field(default_factory=list)
+    #: What routing rules may ``require`` of it; default: the provider's (contracts/routing.md). ``local``
+    #: is implied by ``local = true``.
+    capabilities: list[Capability] | None = None
     # mock-only behaviour (contracts/config.md)
     latency_ms: NonNegative = 0.0
     stream_delay_ms: NonNegative = 0.0
@@ -139,12 +148,88 @@ class ModelPrice(_Cfg):
     output: NonNegative
 
 
+class RouteTarget(_Cfg):
+    """A rule's ``prefer`` entry or ``fallback``: a model, on one provider (kind or backend name) or on any
+    backend that serves it. The model id is sent exactly as written (decisions.md #5)."""
+
+    model: NonEmpty
+    provider: NonEmpty | None = None
+
+
+class RouteExclude(_Cfg):
+    """A rule's ``exclude`` entry: candidates matching every key given are never chosen."""
+
+    provider: NonEmpty | None = None
+    model: NonEmpty | None = None
+    backend: NonEmpty | None = None
+    tag: NonEmpty | None = None
+
+
+class RoutingRule(_Cfg):
+    """One ``[[routing.rules]]`` entry: when it matches, and where it sends the call."""
+
+    name: NonEmpty | None = None
+    task_type: NonEmpty | list[NonEmpty] | None = None
+    complexity: Complexity | list[Complexity] | None = None
+    agent_id: NonEmpty | list[NonEmpty] | None = None
+    tags: list[NonEmpty] = field(default_factory=list)
+    prefer: list[RouteTarget] = field(default_factory=list)
+    fallback: RouteTarget | None = None
+    exclude: list[RouteExclude] = field(default_factory=list)
+    require: list[Capability] = field(default_factory=list)
+    #: USD per 1,000 tokens, the model's input and output prices blended by ``input_output_ratio``.
+    max_cost_per_1k: NonNegative | None = None
+    #: Input tokens expected per output token (default: ``[routing] input_output_ratio``).
+    input_output_ratio: PositiveFloat | None = None
+    max_cost_usd: NonNegative | None = None
+    max_latency_s: PositiveFloat | None = None
+
+
+_CRITICAL_WORDS = [
+    "deploy", "production", "delete", "drop table", "payment", "credential", "password", "billing", "migrate",
+    "rollback", "irreversible", "wire transfer",
+]  # fmt: skip
+_COMPLEX_WORDS = [
+    "research", "analyze", "analyse", "analysis", "design", "security", "audit", "architect", "refactor", "debug",
+    "investigate", "optimize", "prove",
+]  # fmt: skip
+_SIMPLE_WORDS = [
+    "summarize", "summarise", "summary", "translate", "define", "definition", "rephrase", "reword", "classify",
+    "extract", "spell",
+]  # fmt: skip
+
+
+class ComplexitySettings(_Cfg):
+    """``[routing.complexity]``: the task classifier's words (each matches words starting with it) and length."""
+
+    critical: list[NonEmpty] = field(default_factory=lambda: list(_CRITICAL_WORDS))
+    complex: list[NonEmpty] = field(default_factory=lambda: list(_COMPLEX_WORDS))
+    simple: list[NonEmpty] = field(default_factory=lambda: list(_SIMPLE_WORDS))
+    #: A task with none of the words is ``moderate`` from this many characters on, else ``simple``.
+    moderate_min_chars: PositiveInt = 200
+
+
+class RoutingSettings(_Cfg):
+    """``[routing]``: rules first, complexity routing when none matches (contracts/routing.md)."""
+
+    prefer_local: bool = True
+    allow_cloud_fallback: bool = True
+    local_model: NonEmpty | None = None
+    cloud_model: NonEmpty | None = None
+    #: Below this share of a chain's budget left, routing moves to the cheapest allowed candidates.
+    downgrade_below: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    input_output_ratio: PositiveFloat = 3.0
+    complexity: ComplexitySettings = field(default_factory=ComplexitySettings)
+    rules: list[RoutingRule] = field(default_factory=list)
+
+
 class Config(_Cfg):
     """The whole config file."""
 
     router: RouterSettings = field(default_factory=RouterSettings)
     backends: list[BackendConfig] = field(default_factory=list)
     models: list[ModelPrice] = field(default_factory=list)
+    routing: RoutingSettings | None = None
 
 
 # The xml-pipeline router's `llm:` section, accepted as written (its own defaults included).
@@ -442,7 +527,25 @@ def _finish(config: Config, file: Path, paths: _Paths) -> Config:
                 file, f"models[{i}].name", f"{price.name!r} is priced twice (models[{prices[price.name]}] too)"
             )
         prices[price.name] = i
+    if config.routing is not None:
+        _check_routing(config.routing, {b.backend_name for b in config.backends}, file)
     return msgspec.structs.replace(config, backends=backends)
+
+
+def _check_routing(routing: RoutingSettings, names: set[str], file: Path) -> None:
+    known = names | set(get_args(ProviderKind))
+    for i, rule in enumerate(routing.rules):
+        where = f"routing.rules[{i}]"
+        targets = [(f"prefer[{j}]", t) for j, t in enumerate(rule.prefer)]
+        targets += [("fallback", rule.fallback)] if rule.fallback is not None else []
+        for key, target in targets:
+            if target.provider is not None and target.provider not in known:
+                raise _error(
+                    file, f"{where}.{key}.provider", "neither a provider kind nor a backend name of this config"
+                )
+        for j, ex in enumerate(rule.exclude):
+            if ex.provider is None and ex.model is None and ex.backend is None and ex.tag is None:
+                raise _error(file, f"{where}.exclude[{j}]", "give at least one of provider, model, backend, tag")
 
 
 def _convert(data: Any, type_: type[Any], prefix: str, file: Path) -> Any:
@@ -817,10 +920,13 @@ def config_summary(
             "timeout_seconds": b.timeout_seconds,
             "local": b.local,
             "tags": b.tags,
+            "capabilities": b.capabilities,
             "headers": sorted(b.headers),
             "keys": [{"env": name, "state": "set" if env.get(name) else "missing"} for name in b.key_envs],
         }
         for b in backends
     ]
     summary["models"] = msgspec.to_builtins(config.models)
+    if config.routing is not None:
+        summary["routing"] = msgspec.to_builtins(config.routing)
     return summary

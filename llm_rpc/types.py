@@ -16,6 +16,8 @@ __all__ = [
     "BackendHealth",
     "BatchItem",
     "BatchSummary",
+    "Capability",
+    "Complexity",
     "ErrorObject",
     "ExecuteBatchParams",
     "ExecuteBatchResult",
@@ -24,6 +26,9 @@ __all__ = [
     "HealthResult",
     "Message",
     "MockOptions",
+    "ResolveRouteParams",
+    "RouteCandidate",
+    "RouteDecision",
     "RunConfig",
     "Strategy",
     "ToolCall",
@@ -36,6 +41,10 @@ __all__ = [
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 Strategy = Literal["failover", "round-robin", "least-loaded", "latency"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+#: What a backend can do, as routing rules ``require`` it (contracts/routing.md).
+Capability = Literal["tools", "json_schema", "vision", "local", "long_context"]
+#: The complexity tiers of the task classifier, lowest first.
+Complexity = Literal["simple", "moderate", "complex", "critical"]
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
@@ -107,6 +116,10 @@ class ExecuteParams(_In):
     stop: list[str] | None = None
     include_raw: bool = False
     stream: bool = False
+    #: Routing (contracts/routing.md): labels matched by rules' ``tags``, and a cap on the call's
+    #: estimated cost; a call with no ``model`` is routed by the ``[routing]`` policy.
+    tags: list[str] | None = None
+    max_cost_usd: NonNegativeFloat | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -136,6 +149,52 @@ class Usage(_Out):
     reasoning_tokens: int | None = None
 
 
+class RouteCandidate(_Out):
+    """One model on one backend that a routing decision considered; ``rejected_because`` says why not."""
+
+    provider: str
+    model: str
+    backend: str | None
+    #: USD per 1,000 tokens, blended by the rule's input:output ratio; null when the model has no price.
+    cost_per_1k: float | None
+    #: The backend's observed latency (moving average); null until measured.
+    latency_ms: float | None
+    rejected_because: str | None = None
+
+
+class RouteDecision(_Out):
+    """Where a call goes, and why (``resolve_route``; ``route`` in an ``execute`` result)."""
+
+    provider: str
+    model: str
+    backend: str | None
+    #: The rule that matched (its ``name``, else ``rules[i]``); null when complexity routing chose.
+    rule: str | None
+    complexity: Complexity | None
+    reason: str
+    estimated_cost_usd: float | None
+    estimated_tokens: int
+    candidates: list[RouteCandidate]
+
+
+class ResolveRouteParams(_In):
+    """Params of ``resolve_route``: a dry run of routing, with the inputs an ``execute`` would give."""
+
+    task_type: str | None = None
+    #: The task's text (an ``execute``'s last user message), for the complexity classifier.
+    task: str | None = None
+    model: str | None = None
+    #: Tokens the call may spend in all (prompt and answer); default: estimated from ``task`` and ``max_tokens``.
+    estimated_tokens: Annotated[int, Meta(ge=0)] | None = None
+    chain_id: str | None = None
+    tags: list[str] | None = None
+    agent_id: str | None = None
+    max_tokens: PositiveInt | None = None
+    max_cost_usd: NonNegativeFloat | None = None
+    #: Capabilities the call needs (an ``execute`` with ``tools`` or ``response_format`` implies them).
+    require: list[Capability] | None = None
+
+
 class ExecuteResult(_Out):
     """The normalized result of ``execute``, whichever provider answered."""
 
@@ -154,6 +213,8 @@ class ExecuteResult(_Out):
     attempts: int = 1
     overhead_us: float | None = None
     raw: msgspec.Raw | None = None
+    #: The routing decision, when the call named no ``model`` and the ``[routing]`` policy chose.
+    route: RouteDecision | None = None
 
 
 class BackendHealth(Struct, kw_only=True):

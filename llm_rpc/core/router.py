@@ -29,7 +29,6 @@ request (decisions.md #8), so it is never cooled down and never sent the same re
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import math
 import os
 import random
@@ -46,22 +45,24 @@ from llm_rpc.config import BackendConfig, Config, load_config
 from llm_rpc.core._retry import Attempt, backoff_delay, final_error
 from llm_rpc.core._strategies import Route, pick
 from llm_rpc.core.batch import BatchOutcome, run_batch
+from llm_rpc.core.policy import (
+    BackendState,
+    BudgetState,
+    ChainBudgets,
+    DecisionLog,
+    RouteInputs,
+    RouteState,
+    RoutingPolicy,
+    inputs_from_execute,
+    wire_model,
+)
 from llm_rpc.core.pricing import PriceTable
 from llm_rpc.core.ratelimit import MinuteWindow, Slots, estimate_tokens
 from llm_rpc.core.usage import UsageTracker
 from llm_rpc.providers import Provider, ProviderRequest, ProviderResponse, TextDelta, provider_class
-from llm_rpc.types import AgentUsage, BackendHealth, ExecuteParams, ExecuteResult
+from llm_rpc.types import AgentUsage, BackendHealth, ExecuteParams, ExecuteResult, ResolveRouteParams, RouteDecision
 
 __all__ = ["Backend", "Router"]
-
-# A provider's own model-name rules, used when a backend lists no ``models`` globs.
-_NAMING_RULES: dict[str, tuple[str, ...]] = {
-    "openai": ("gpt-*", "o1*", "o3*", "o4*", "chatgpt-*", "text-embedding-*"),
-    "anthropic": ("claude-*",),
-    "gemini": ("gemini-*",),
-    "xai": ("grok-*",),
-}
-_SERVES_ANY = frozenset({"mock", "ollama", "openai-compatible", "openrouter"})
 
 _ERROR_ALPHA = 0.1  # error_rate: about the last 10 calls
 _LATENCY_ALPHA = 0.3  # latency: a few calls, so a recovery shows soon
@@ -134,18 +135,9 @@ class Backend:
         """The model name to send this backend for ``model``, or None if it does not serve it.
 
         An explicit ``kind/model`` prefix naming this backend's provider is stripped (``openai/gpt-4o``
-        → ``gpt-4o``), and then the rest must match ``models`` when it is given.
+        → ``gpt-4o``), and then the rest must match ``models`` when it is given (core/policy.py).
         """
-        kind = self.config.provider
-        globs = self.config.models
-        prefix, sep, rest = model.partition("/")
-        if sep and prefix == kind and rest and (not globs or any(fnmatch.fnmatchcase(rest, g) for g in globs)):
-            return rest
-        if globs:
-            return model if any(fnmatch.fnmatchcase(model, g) for g in globs) else None
-        if kind in _SERVES_ANY or any(fnmatch.fnmatchcase(model, g) for g in _NAMING_RULES.get(kind, ())):
-            return model
-        return None
+        return wire_model(self.config, model)
 
     def serves(self, model: str) -> bool:
         return self.wire_model(model) is not None
@@ -187,6 +179,7 @@ class _Call:
         "backoffs",
         "current",
         "deadline",
+        "decision",
         "est",
         "exhausted",
         "force",
@@ -216,6 +209,7 @@ class _Call:
         self.strategy = strategy
         self.timeout = timeout
         self.deadline = math.inf
+        self.decision: RouteDecision | None = None  # when the routing policy chose the model
         self.attempts: list[Attempt] = []
         self.backoffs = 0
         self.est = -1
@@ -253,6 +247,7 @@ class Router:
         *,
         providers: dict[str, Provider] | None = None,
         seed: int | None = None,
+        decision_log: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config = config if config is not None else load_config(None)
         providers = providers or {}
@@ -267,6 +262,13 @@ class Router:
             self.backends.append(Backend(bc, provider, bc.api_keys()))
         self.backends.sort(key=lambda b: b.config.priority)
         self.prices = PriceTable(self.config.models)
+        # Routing policy (contracts/routing.md): a call without a model is routed by it when the config
+        # has [routing]; built on first use. The budget store, when one is wired, is read before deciding.
+        self._routing = self.config.routing is not None
+        self._policy: RoutingPolicy | None = None
+        self.chain_budgets: ChainBudgets | None = None
+        log_path = decision_log or os.environ.get("LLM_RPC_DECISION_LOG") or None
+        self.decision_log = DecisionLog(log_path) if log_path else None
         self._settings = self.config.router
         self._routes: dict[str, _Route] = {}
         self._rng = random.Random(seed)
@@ -310,16 +312,28 @@ class Router:
 
     # -- one call ---------------------------------------------------------------------------------------
 
-    def _call(self, params: ExecuteParams) -> _Call:
-        model = params.requested_model() or self.default_model
-        route = self._route(model)
-        if route is None:
-            self.usage.failure(params.agent_id, model, [])
-            raise errors.NoRouteError(
-                f"no backend serves model {model!r}",
-                model=model,
-                backends=[b.name for b in self.backends],
-            )
+    def _routed(self, params: ExecuteParams) -> bool:
+        """The routing policy chooses: no model named and ``[routing]`` configured, or a cost cap to check."""
+        return params.max_cost_usd is not None or (self._routing and params.requested_model() is None)
+
+    def _call(self, params: ExecuteParams, budget: BudgetState | None = None) -> _Call:
+        decision: RouteDecision | None = None
+        if self._routed(params):
+            decision, route = self._decide(params, budget)
+            model = decision.model
+            strategy = "failover"  # the policy ordered the candidates
+        else:
+            model = params.requested_model() or self.default_model
+            found = self._route(model)
+            if found is None:
+                self.usage.failure(params.agent_id, model, [])
+                raise errors.NoRouteError(
+                    f"no backend serves model {model!r}",
+                    model=model,
+                    backends=[b.name for b in self.backends],
+                )
+            route = found
+            strategy = params.strategy or self._settings.strategy
         cfg = params.config
         timeout = (cfg.timeout_seconds if cfg is not None else None) or self._settings.timeout_seconds
         request = ProviderRequest(
@@ -335,7 +349,86 @@ class Router:
             timeout=timeout,
             mock=params.mock,
         )
-        return _Call(params, model, route, request, params.strategy or self._settings.strategy, timeout)
+        call = _Call(params, model, route, request, strategy, timeout)
+        call.decision = decision
+        return call
+
+    # -- routing policy ---------------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        """The ``[routing]`` policy of this router's config (its defaults when there is none)."""
+        if self._policy is None:
+            self._policy = RoutingPolicy(config=self.config, default_model=self.default_model)
+        return self._policy
+
+    def route_state(self, chain_id: str | None, budget: BudgetState | None) -> RouteState:
+        """What routing observes now: the chain's sticky tier, its budget, backends' latency and cooldowns."""
+        now = _now()
+        backends = {
+            b.name: BackendState(
+                latency_ms=round(b.latency * 1000, 3) if b.latency is not None else None,
+                cooling_down=b.blocked_until > now or b.probe is not None,
+            )
+            for b in self.backends
+            if b.latency is not None or b.blocked_until > now or b.probe is not None
+        }
+        return RouteState(chain_tier=self.policy.chain_tier(chain_id), budget=budget, backends=backends)
+
+    def _decide(self, params: ExecuteParams, budget: BudgetState | None) -> tuple[RouteDecision, _Route]:
+        """The policy's decision for an ``execute`` and the route it plans (logged; the chain's tier kept)."""
+        policy = self.policy
+        inputs = inputs_from_execute(params, params.requested_model(), estimate_tokens(params.chat_messages(), 0))
+        state = self.route_state(params.chain_id, budget)
+        try:
+            decision, plan = policy.plan(inputs, state)
+        except errors.NoRouteError as exc:
+            if self.decision_log is not None:
+                self.decision_log.write(inputs, state, None, exc)
+            self.usage.failure(params.agent_id, inputs.model or "(no route)", [])
+            raise
+        if self.decision_log is not None:
+            self.decision_log.write(inputs, state, decision)
+        policy.commit(params.chain_id, decision.complexity)
+        by_name = {b.name: b for b in self.backends}
+        return decision, _Route([by_name[name] for name, _ in plan], [wire for _, wire in plan])
+
+    async def _budget(self, chain_id: str | None) -> BudgetState | None:
+        hook = self.chain_budgets
+        return await hook.chain_state(chain_id) if hook is not None and chain_id is not None else None
+
+    async def resolve_route(self, params: ResolveRouteParams | None = None, /, **kwargs: Any) -> RouteDecision:
+        """A dry run: where a call with these inputs would go now, and why; nothing is sent or kept
+        (the chain's sticky tier is not moved). Accepts a ``ResolveRouteParams`` or its fields.
+
+        Raises:
+            NoRouteError: no candidate passes; ``data.candidates`` gives each one's reason.
+        """
+        if params is None:
+            params = msgspec.convert(kwargs, ResolveRouteParams)
+        policy = self.policy
+        inputs: RouteInputs = policy.inputs(
+            params.task_type,
+            task=params.task,
+            model=params.model,
+            estimated_tokens=params.estimated_tokens,
+            max_tokens=params.max_tokens,
+            chain_id=params.chain_id,
+            agent_id=params.agent_id,
+            tags=params.tags,
+            max_cost_usd=params.max_cost_usd,
+            require=params.require,
+        )
+        state = self.route_state(params.chain_id, await self._budget(params.chain_id))
+        try:
+            decision = policy.decide(inputs, state)
+        except errors.NoRouteError as exc:
+            if self.decision_log is not None:
+                self.decision_log.write(inputs, state, None, exc, dry_run=True)
+            raise
+        if self.decision_log is not None:
+            self.decision_log.write(inputs, state, decision, dry_run=True)
+        return decision
 
     async def execute(
         self, params: ExecuteParams | None = None, /, *, on_delta: DeltaSink | None = None, **kwargs: Any
@@ -360,7 +453,10 @@ class Router:
                 params = msgspec.convert(kwargs, ExecuteParams)
             except msgspec.ValidationError as exc:
                 raise TypeError(f"invalid execute arguments: {exc}") from None
-        call = self._call(params)
+        budget = None
+        if self.chain_budgets is not None and self._routed(params):
+            budget = await self._budget(params.chain_id)
+        call = self._call(params, budget)
         if params.stream:
             call.sink = on_delta if on_delta is not None else _ignore_delta
         call.deadline = anyio.current_time() + call.timeout
@@ -783,8 +879,8 @@ class Router:
         the task and the deadline scope that a call which never waits does not need. Anything that
         would wait (a full limit, a probe, a retry) gives way before any state has changed.
         """
-        if params.stream:
-            return None
+        if params.stream or self._routed(params):
+            return None  # a routed call decides (and logs its decision) once, on the task path
         call = self._call(params)
         now = anyio.current_time() if self._needs_clock else 0.0
         i = self._choose(call, now)
@@ -877,6 +973,7 @@ class Router:
             id=response.id,
             attempts=len(attempts) + 1,
             raw=msgspec.Raw(response.raw) if response.raw is not None else None,
+            route=call.decision,
         )
 
     def cost_usd(self, backend: Backend, response: ProviderResponse, sent_as: str | None = None) -> float | None:
@@ -917,7 +1014,9 @@ class Router:
         return out
 
     async def aclose(self) -> None:
-        """Close every backend's connection pool."""
+        """Close every backend's connection pool (and the decision log)."""
+        if self.decision_log is not None:
+            self.decision_log.close()
         for backend in self.backends:
             with anyio.CancelScope(shield=True):
                 await backend.provider.aclose()
