@@ -277,6 +277,13 @@ def _check_config(args: argparse.Namespace) -> int:
     if config.models:
         prices = ", ".join(f"{m.name} {num(m.input)}/{num(m.output)}" for m in config.models)
         out.append(f"prices (USD per 1M tokens, input/output): {prices}")
+    if config.routing is not None:
+        rt = config.routing
+        names = ", ".join(r.name or f"rules[{i}]" for i, r in enumerate(rt.rules)) or "none"
+        out.append(
+            f"routing: rules {names}; prefer_local {str(rt.prefer_local).lower()}, local_model "
+            f"{rt.local_model or '(cheapest local)'}, cloud_model {rt.cloud_model or '(strongest allowed)'}"
+        )
     verdict = f"valid: {len(config.backends)} backend(s)"
     if missing:
         verdict += f"; {missing} key variable(s) not set"
