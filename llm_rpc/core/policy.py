@@ -302,10 +302,11 @@ def _is_image(part: object) -> bool:
 class _Option:
     """One model on one backend: a candidate."""
 
-    __slots__ = ("backend", "caps", "index", "local", "model", "price", "provider", "tags", "wire")
+    __slots__ = ("backend", "caps", "index", "local", "model", "out_backend", "price", "provider", "tags", "wire")
 
     def __init__(self, cfg: BackendConfig, model: str, wire: str, price: Price | None, index: int) -> None:
         self.backend = cfg.backend_name
+        self.out_backend: str | None = self.backend
         self.provider: str = cfg.provider
         self.model = model
         self.wire = wire
@@ -371,6 +372,7 @@ class _Ctx:
     """One decision's request-dependent limits, checked per candidate."""
 
     __slots__ = (
+        "cooling",
         "inp",
         "local_only",
         "max_latency_ms",
@@ -380,9 +382,12 @@ class _Ctx:
         "remaining_usd",
         "require",
         "states",
+        "want_plan",
     )
 
     def __init__(self) -> None:
+        self.want_plan = True
+        self.cooling: frozenset[str] = frozenset()
         self.inp = 0
         self.out = 0
         self.require = 0
@@ -444,6 +449,7 @@ class RoutingPolicy:
         self._classify = _Classifier(routing.complexity)
         self._tiers: dict[str, Complexity] = {}
         self._model_options: dict[str, tuple[_Option, ...]] = {}
+        self._entries: dict[tuple[int, str], list[_Entry]] = {}
         self._catalog = self._build_catalog()
         self._compile()
 
@@ -543,7 +549,7 @@ class RoutingPolicy:
                     reason = "no price, so max_cost_per_1k cannot be checked"
                 elif c1k > rule.max_cost_per_1k:
                     reason = f"cost {_num(c1k)}/1k over max_cost_per_1k {_num(rule.max_cost_per_1k)}"
-            return reason, c1k
+            return reason, round_usd(c1k) if c1k is not None else None
 
         entries: list[_Entry] = []
         targets = [*rule.prefer, *([rule.fallback] if rule.fallback is not None else [])]
@@ -629,7 +635,7 @@ class RoutingPolicy:
             NoRouteError: no candidate passes; ``data`` has ``reason``, ``rule``, ``complexity`` and
                 every ``candidates`` entry with its ``rejected_because``.
         """
-        return self.plan(inputs, state or RouteState())[0]
+        return self._run(inputs, state or RouteState(), False)[0]
 
     def plan(self, inputs: RouteInputs, state: RouteState) -> tuple[RouteDecision, list[tuple[str, str]]]:
         """The decision, and the (backend, wire model) pairs to try in order (the chosen one first).
@@ -637,9 +643,17 @@ class RoutingPolicy:
         Raises:
             NoRouteError: as ``decide``.
         """
+        return self._run(inputs, state, True)
+
+    def _run(
+        self, inputs: RouteInputs, state: RouteState, want_plan: bool
+    ) -> tuple[RouteDecision, list[tuple[str, str]]]:
         ctx = _Ctx()
+        ctx.want_plan = want_plan
         ctx.require = _bits(inputs.require)
         ctx.states = state.backends
+        if state.backends:
+            ctx.cooling = frozenset(name for name, seen in state.backends.items() if seen.cooling_down)
         budget = state.budget
         downgrade = False
         if budget is not None:
@@ -697,13 +711,14 @@ class RoutingPolicy:
             mode = "local_first" if routing.prefer_local else "cheapest"
         else:
             mode = "strongest"
-        order = self._orders["cheapest" if mode == "downgrade" else mode]
-        static = rule.catalog or ()
-        ratio = rule.ratio
-        entries = [
-            (o, static[o.index] if static else None, blended_per_1k(o.price, ratio) if o.price is not None else None)
-            for o in order
-        ]
+        key = (id(rule), mode)
+        entries = self._entries.get(key)
+        if entries is None:  # fixed by the config: built once per rule and ranking
+            order = self._orders["cheapest" if mode == "downgrade" else mode]
+            static = rule.catalog or ()
+            entries = self._entries[key] = [
+                (o, static[o.index] if static else None, _c1k(o, rule.ratio)) for o in order
+            ]
         return entries, mode
 
     def _decide_model(
@@ -712,10 +727,7 @@ class RoutingPolicy:
         model = inputs.model or ""
         self._limits(ctx, inputs, self._default_rule)
         ratio = self.settings.input_output_ratio
-        entries = [
-            (o, None, blended_per_1k(o.price, ratio) if o.price is not None else None)
-            for o in self._options_for_model(model)
-        ]
+        entries = [(o, None, _c1k(o, ratio)) for o in self._options_for_model(model)]
         if not entries:
             raise errors.NoRouteError(
                 f"no backend serves model {model!r}", model=model, backends=[b.backend_name for b in self.backends]
@@ -755,43 +767,51 @@ class RoutingPolicy:
     ) -> tuple[RouteDecision, list[tuple[str, str]]]:
         inp, out = ctx.inp, ctx.out
         states = ctx.states
-        reasons: list[str | None] = []
-        ests: list[float | None] = []
+        n = len(entries)
+        reasons: list[str | None] = [None] * n
+        ests: list[float | None] = [None] * n
         ok: list[int] = []
         chosen = -1
-        for k, (opt, static, _) in enumerate(entries):
-            price = opt.price
-            est = round_usd((inp * price.input + out * price.output) / 1_000_000) if price is not None else None
-            reason = static if static is not None else self._check(opt, est, ctx)
-            ests.append(est)
-            reasons.append(reason)
-            if reason is None:
-                ok.append(k)
+        # The hot loop: estimate only when a check or the ranking needs it, check only what applies.
+        need_est = downgrade or ctx.max_usd is not None or ctx.remaining_usd is not None
+        dynamic = need_est or bool(ctx.require) or ctx.local_only or ctx.remaining_tokens is not None
+        dynamic = dynamic or ctx.max_latency_ms is not None
+        check = self._check
+        for k in range(n):
+            opt, static, _ = entries[k]
+            if static is not None:
+                reasons[k] = static
+                continue
+            est = None
+            if need_est and (price := opt.price) is not None:
+                est = ests[k] = round_usd((inp * price.input + out * price.output) / 1_000_000)
+            if dynamic and (reason := check(opt, est, ctx)) is not None:
+                reasons[k] = reason
+                continue
+            ok.append(k)
         if ok:
             if downgrade:
                 ok.sort(key=lambda k: (ests[k] if ests[k] is not None else math.inf, k))
-            cool = [k for k in ok if (s := states.get(entries[k][0].backend)) is not None and s.cooling_down]
+            cool = [k for k in ok if entries[k][0].backend in ctx.cooling] if ctx.cooling else None
             warm = [k for k in ok if k not in cool] if cool else ok
             if warm:
                 chosen = warm[0]
-                for k in cool:
+                for k in cool or ():
                     reasons[k] = "cooling down"
                 ok = warm
             else:
                 chosen = ok[0]
-        candidates = []
-        for k, (opt, _, c1k) in enumerate(entries):
-            seen = states.get(opt.backend)
-            candidates.append(
-                RouteCandidate(
-                    provider=opt.provider,
-                    model=opt.model,
-                    backend=opt.backend if opt.index >= 0 else None,
-                    cost_per_1k=round_usd(c1k) if c1k is not None else None,
-                    latency_ms=seen.latency_ms if seen is not None else None,
-                    rejected_because=reasons[k],
-                )
+        candidates = [
+            RouteCandidate(
+                provider=opt.provider,
+                model=opt.model,
+                backend=opt.out_backend,
+                cost_per_1k=c1k,
+                latency_ms=seen.latency_ms if (seen := states.get(opt.backend)) is not None else None,
+                rejected_because=reasons[k],
             )
+            for k, (opt, _, c1k) in enumerate(entries)
+        ]
         rule_name = rule.name if rule is not None else None
         if chosen < 0:
             why = f"{head}: no candidate passes"
@@ -803,6 +823,8 @@ class RoutingPolicy:
                 candidates=[msgspec.to_builtins(c) for c in candidates],
             )
         opt = entries[chosen][0]
+        if not need_est and (price := opt.price) is not None:
+            ests[chosen] = round_usd((inp * price.input + out * price.output) / 1_000_000)
         reason = head
         if rule is not None and rule.entries:
             if chosen >= rule.fallback_at:
@@ -826,6 +848,8 @@ class RoutingPolicy:
             estimated_tokens=inp + out,
             candidates=candidates,
         )
+        if not ctx.want_plan:
+            return decision, []
         plan = [(opt.backend, opt.wire)] + [
             (entries[k][0].backend, entries[k][0].wire) for k in ok if k != chosen and entries[k][0].index >= 0
         ]
@@ -917,10 +941,16 @@ def _split(inputs: RouteInputs, ratio: float) -> tuple[int, int]:
     return total - out, out
 
 
+def _c1k(opt: _Option, ratio: float) -> float | None:
+    """The option's blended USD per 1k, rounded as decisions show it."""
+    return round_usd(blended_per_1k(opt.price, ratio)) if opt.price is not None else None
+
+
 def _ghost(target: RouteTarget) -> _Option:
     """A rule's target that no backend serves: listed as a rejected candidate."""
     opt = _Option.__new__(_Option)
     opt.backend = ""
+    opt.out_backend = None
     opt.provider = target.provider or ""
     opt.model = target.model
     opt.wire = target.model

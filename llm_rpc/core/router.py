@@ -406,6 +406,19 @@ class Router:
         """
         if params is None:
             params = msgspec.convert(kwargs, ResolveRouteParams)
+        return self._dry_run(params, await self._budget(params.chain_id))
+
+    def resolve_route_nowait(self, params: ResolveRouteParams) -> RouteDecision | None:
+        """``resolve_route`` without awaiting, or None when it must read a chain's budget first.
+
+        Raises:
+            NoRouteError: as ``resolve_route``.
+        """
+        if self.chain_budgets is not None and params.chain_id is not None:
+            return None
+        return self._dry_run(params, None)
+
+    def _dry_run(self, params: ResolveRouteParams, budget: BudgetState | None) -> RouteDecision:
         policy = self.policy
         inputs: RouteInputs = policy.inputs(
             params.task_type,
@@ -419,7 +432,7 @@ class Router:
             max_cost_usd=params.max_cost_usd,
             require=params.require,
         )
-        state = self.route_state(params.chain_id, await self._budget(params.chain_id))
+        state = self.route_state(params.chain_id, budget)
         try:
             decision = policy.decide(inputs, state)
         except errors.NoRouteError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llm_rpc.core.router import Router
 from llm_rpc.protocol import MethodTable, RequestContext
+from llm_rpc.protocol.registry import NOT_INLINE
 from llm_rpc.types import ResolveRouteParams, RouteDecision
 
 __all__ = ["register"]
@@ -16,9 +17,15 @@ def register(table: MethodTable, router: Router) -> None:
         reason it was rejected. Nothing is sent upstream and no state changes."""
         return await router.resolve_route(params)
 
+    def resolve_route_nowait(params: ResolveRouteParams, ctx: RequestContext) -> RouteDecision | object:
+        # Answered in the read loop unless a chain's budget must be awaited first.
+        decision = router.resolve_route_nowait(params)
+        return NOT_INLINE if decision is None else decision
+
     table.add(
         "resolve_route",
         resolve_route,
+        try_inline=resolve_route_nowait,
         params=ResolveRouteParams,
         result=RouteDecision,
         summary="Dry-run the routing policy",

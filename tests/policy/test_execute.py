@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -189,3 +190,22 @@ async def test_resolve_route_with_the_mock_only_defaults() -> None:
     router = Router(Config(backends=[BackendConfig(provider="mock")], models=[ModelPrice(name="x", input=1, output=1)]))
     (reply,) = await _rpc(router, ("resolve_route", {"task": "hello"}))
     assert (reply["result"]["provider"], reply["result"]["model"]) == ("mock", "mock")
+
+
+async def test_resolve_route_reads_the_chains_budget_when_a_store_is_wired() -> None:
+    class Budgets:
+        async def chain_state(self, chain_id: str) -> BudgetState | None:
+            await anyio.lowlevel.checkpoint()
+            return BudgetState(remaining_usd=0.0001, total_usd=1.0) if chain_id == "poor" else None
+
+    rule = {**TRIAGE, "prefer": [{"provider": "openai", "model": "gpt-4o"}, *TRIAGE["prefer"]]}
+    router, _ = routed([rule])
+    router.chain_budgets = Budgets()
+    rich, poor = await _rpc(
+        router,
+        ("resolve_route", {"task_type": "triage", "chain_id": "rich"}),
+        ("resolve_route", {"task_type": "triage", "chain_id": "poor", "estimated_tokens": 100}),
+    )
+    assert rich["result"]["model"] == "gpt-4o"
+    assert poor["result"]["model"] == "gemini-flash-1.5"  # low budget: cheapest, and within what is left
+    assert poor["result"]["candidates"][0]["rejected_because"].startswith("estimated $")
