@@ -32,11 +32,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
 
-    serve = sub.add_parser("serve", help="serve JSON-RPC on stdio, TCP and/or Unix sockets")
+    serve = sub.add_parser("serve", help="serve JSON-RPC on stdio, TCP, Unix sockets and/or HTTP")
     serve.add_argument("--stdio", action="store_true", help="serve stdin/stdout (the default)")
     serve.add_argument("--tcp", action="append", default=[], metavar="HOST:PORT", help="listen on TCP (port 0: any)")
     serve.add_argument(
         "--unix", action="append", default=[], metavar="PATH", help="listen on a Unix socket (mode 0600)"
+    )
+    serve.add_argument(
+        "--http", action="append", default=[], metavar="HOST:PORT", help="serve HTTP (contracts/http.md; port 0: any)"
+    )
+    serve.add_argument("--http-max-connections", type=int, default=1024, help="open HTTP connections at most (1024)")
+    serve.add_argument(
+        "--http-header-timeout", type=float, default=10.0, help="seconds to receive a request's head (10)"
+    )
+    serve.add_argument("--http-body-timeout", type=float, default=30.0, help="seconds to receive a request's body (30)")
+    serve.add_argument(
+        "--http-keepalive-timeout", type=float, default=60.0, help="seconds an idle HTTP connection is kept (60)"
     )
     serve.add_argument("--config", default=None, help="config file (default: $LLM_RPC_CONFIG, else the mock)")
     serve.add_argument(
@@ -48,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-in-flight", type=int, default=1024, help="per-connection in-flight cap (1024)")
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests at stop")
-    serve.add_argument("--auth-token-env", default=None, metavar="VAR", help="require `auth` with the token in $VAR")
+    serve.add_argument(
+        "--auth-token-env", default=None, metavar="VAR", help="require `auth` (HTTP: Bearer) with the token in $VAR"
+    )
     serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio", help="anyio event loop")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="json", choices=["json", "text"])
@@ -116,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["LLM_RPC_DECISION_LOG"] = args.decision_log  # the router opens it (contracts/routing.md)
     try:
         tcp = [parse_host_port(t) for t in args.tcp]
+        http = [parse_host_port(h) for h in args.http]
     except ValueError as exc:
         print(f"llm-rpc serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -123,6 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
         stdio=args.stdio,
         tcp=tcp,
         unix=args.unix,
+        http=http,
         config=args.config,
         env_file=args.env_file,
         max_message_bytes=args.max_message_bytes,
@@ -131,6 +146,10 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         auth_token_env=args.auth_token_env,
         backend=args.backend,
+        http_max_connections=args.http_max_connections,
+        http_keepalive_timeout=args.http_keepalive_timeout,
+        http_header_timeout=args.http_header_timeout,
+        http_body_timeout=args.http_body_timeout,
     )
     try:
         return run(options)

@@ -1,6 +1,9 @@
 """The composition root: config → Router → method table → transports, in one task group.
 
 All transports of one process share one state (router, budgets, usage, in-flight count).
+
+``python -m llm_rpc.server [--host H] [--port P] [--provider NAME] [--model M]`` is llm-connect's
+serve-mode command line: HTTP only, one provider serving every model name (``mock`` by default).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from llm_rpc.methods import build_table, error_mapper
 from llm_rpc.protocol import Dispatcher
 from llm_rpc.transports import Lifecycle
 
-__all__ = ["ServeOptions", "parse_host_port", "run", "serve"]
+__all__ = ["ServeOptions", "main", "parse_host_port", "run", "serve"]
 
 log = logging.getLogger("llm_rpc.server")
 
@@ -37,6 +40,7 @@ class ServeOptions:
     stdio: bool = False
     tcp: list[tuple[str, int]] = field(default_factory=list)
     unix: list[str] = field(default_factory=list)
+    http: list[tuple[str, int]] = field(default_factory=list)
     config: str | None = None
     env_file: str | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -45,6 +49,11 @@ class ServeOptions:
     drain_timeout: float = 30.0
     auth_token_env: str | None = None
     backend: str = "asyncio"
+    #: HTTP listeners' limits (contracts/http.md).
+    http_max_connections: int = 1024
+    http_keepalive_timeout: float = 60.0
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
 
 
 def parse_host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -87,6 +96,10 @@ class _Server:
     def request_stop(self, reason: str) -> None:
         self.lifecycle.request_stop(reason)
 
+    @property
+    def auth_required(self) -> bool:
+        return self._token is not None
+
     def check_token(self, token: str) -> bool:
         if self._token is None:
             return True
@@ -97,12 +110,13 @@ class _Server:
 
 def _auth_token(options: ServeOptions) -> str | None:
     if options.auth_token_env is None:
-        for host, _ in options.tcp:
-            if not _is_loopback(host):
-                raise ConfigError(
-                    f"binding TCP to {host!r} (not loopback) requires --auth-token-env VAR",
-                    option="--auth-token-env",
-                )
+        for kind, listeners in (("TCP", options.tcp), ("HTTP", options.http)):
+            for host, _ in listeners:
+                if not _is_loopback(host):
+                    raise ConfigError(
+                        f"binding {kind} to {host!r} (not loopback) requires --auth-token-env VAR",
+                        option="--auth-token-env",
+                    )
         return None
     token = os.environ.get(options.auth_token_env)
     if not token:
@@ -121,7 +135,7 @@ async def serve(
 ) -> None:
     """Serve until every transport has stopped (stdin EOF, ``shutdown``, SIGTERM or SIGINT).
 
-    ``task_status`` receives the bound addresses (``{"tcp": [(host, port)], "unix": [path]}``).
+    ``task_status`` receives the bound addresses (``{"tcp": [(host, port)], "unix": [path], "http": [(host, port)]}``).
     """
     # The env file first: it may hold the auth token's variable as well as the providers' keys.
     config = None
@@ -142,14 +156,14 @@ async def serve(
         auth_required=token is not None,
     )
     server.dispatcher = dispatcher
-    stdio = options.stdio or not (options.tcp or options.unix)
+    stdio = options.stdio or not (options.tcp or options.unix or options.http)
     try:
         async with anyio.create_task_group() as outer:
             outer.start_soon(_watch_signals, lifecycle, outer.cancel_scope)
             async with anyio.create_task_group() as tg:
                 from llm_rpc.transports.sockets import serve_tcp, serve_unix
 
-                bound: dict[str, Any] = {"tcp": [], "unix": []}
+                bound: dict[str, Any] = {"tcp": [], "unix": [], "http": []}
                 for host, port in options.tcp:
                     serve_one_tcp = partial(
                         serve_tcp,
@@ -171,6 +185,8 @@ async def serve(
                         max_message_bytes=options.max_message_bytes,
                     )
                     bound["unix"].append(await tg.start(serve_one_unix))
+                if options.http:
+                    bound["http"] = await _start_http(options, dispatcher, lifecycle, tg, router, server)
                 if stdio:
                     from llm_rpc.transports.stdio import serve_stdio
 
@@ -183,6 +199,38 @@ async def serve(
         if own_router:
             with anyio.CancelScope(shield=True):
                 await router.aclose()
+
+
+async def _start_http(
+    options: ServeOptions,
+    dispatcher: Dispatcher,
+    lifecycle: Lifecycle,
+    tg: anyio.abc.TaskGroup,
+    router: Router,
+    server: _Server,
+) -> list[tuple[str, int]]:
+    from llm_rpc.methods.metrics import prometheus_text
+    from llm_rpc.transports.http import HttpSettings, HttpStats, serve_http
+
+    stats = HttpStats()
+    router.metrics.add_gauge("http_connections", "Open HTTP connections.", lambda: stats.connections)
+    router.metrics.add_gauge(
+        "http_rejected_connections", "HTTP connections refused over the connection cap.", lambda: stats.rejected
+    )
+    settings = HttpSettings(
+        max_message_bytes=options.max_message_bytes,
+        max_connections=options.http_max_connections,
+        keepalive_timeout=options.http_keepalive_timeout,
+        header_timeout=options.http_header_timeout,
+        body_timeout=options.http_body_timeout,
+        check_token=server.check_token if server.auth_required else None,
+        metrics=partial(prometheus_text, router, server),
+    )
+    bound = []
+    for host, port in options.http:
+        serve_one = partial(serve_http, dispatcher, lifecycle, tg, host=host, port=port, settings=settings, stats=stats)
+        bound.append(await tg.start(serve_one))
+    return bound
 
 
 async def _watch_signals(lifecycle: Lifecycle, scope: anyio.CancelScope) -> None:
@@ -202,3 +250,56 @@ def run(options: ServeOptions) -> int:
     """Run the server to completion; the process's exit status."""
     anyio.run(serve, options, backend=options.backend)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """llm-connect's serve mode, flag for flag: HTTP on ``--host``/``--port``, one ``--provider``
+    (default ``mock``) serving every model name, ``--model`` the default model."""
+    import argparse
+    import sys
+
+    import msgspec
+
+    parser = argparse.ArgumentParser(
+        prog="python -m llm_rpc.server", description="llm-connect's serve mode over llm-rpc."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default 8000)")
+    parser.add_argument("--provider", default="mock", help="the provider serving every model (default mock)")
+    parser.add_argument("--model", default=None, help="the model used when a request names none")
+    parser.add_argument("--config", default=None, help="an llm-rpc config file instead of --provider")
+    parser.add_argument("--auth-token-env", default=None, metavar="VAR", help="require Bearer $VAR on every request")
+    args = parser.parse_args(argv)
+    from llm_rpc._log import configure_logging
+    from llm_rpc.config import Config
+
+    configure_logging("warning", "json")
+    options = ServeOptions(http=[(args.host, args.port)], auth_token_env=args.auth_token_env)
+    try:
+        if args.config is not None:
+            config = load_config(args.config)
+        else:
+            settings: dict[str, Any] = {"default_model": args.model} if args.model else {}
+            config = msgspec.convert(
+                {"backends": [{"provider": args.provider, "models": ["*"]}], "router": settings}, Config
+            )
+    except (ConfigError, msgspec.ValidationError) as exc:
+        print(f"llm_rpc.server: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+
+    async def serve_with_router() -> None:
+        async with Router(config) as router:
+            await serve(options, router)
+
+    try:
+        anyio.run(serve_with_router)
+    except ConfigError as exc:
+        print(f"llm_rpc.server: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

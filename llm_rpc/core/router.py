@@ -45,6 +45,7 @@ from llm_rpc.config import BackendConfig, Config, load_config
 from llm_rpc.core._retry import Attempt, backoff_delay, final_error
 from llm_rpc.core._strategies import Route, pick
 from llm_rpc.core.batch import BatchOutcome, run_batch
+from llm_rpc.core.metrics import Metrics
 from llm_rpc.core.policy import (
     BackendState,
     BudgetState,
@@ -186,15 +187,18 @@ class _Call:
         "keys_tried",
         "model",
         "params",
+        "queued",
         "refusal",
         "request",
         "route",
+        "routing",
         "sent",
         "sink",
         "skip",
         "strategy",
         "timeout",
         "tried",
+        "upstream_s",
         "waiting",
     )
 
@@ -225,6 +229,10 @@ class _Call:
         # Streaming: where deltas go, and how many have gone (after the first, no failover).
         self.sink: DeltaSink | None = None
         self.sent = 0
+        # Where the time goes (metrics): seconds routing, queueing for limits, in upstream calls.
+        self.routing = 0.0
+        self.queued = 0.0
+        self.upstream_s = 0.0
 
     def estimate(self) -> int:
         if self.est < 0:
@@ -276,6 +284,7 @@ class Router:
         # The inline path reads the clock only once something can depend on it (limits, a cooldown).
         self._needs_clock = any(b.limited for b in self.backends)
         self.usage = UsageTracker()
+        self.metrics = Metrics()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Router:
@@ -469,7 +478,9 @@ class Router:
         budget = None
         if self.chain_budgets is not None and self._routed(params):
             budget = await self._budget(params.chain_id)
+        t0 = time.perf_counter()
         call = self._call(params, budget)
+        call.routing = time.perf_counter() - t0
         if params.stream:
             call.sink = on_delta if on_delta is not None else _ignore_delta
         call.deadline = anyio.current_time() + call.timeout
@@ -480,6 +491,8 @@ class Router:
             except errors.LLMError:
                 self.usage.failure(call.agent, call.model, [a.backend for a in call.attempts])
                 raise
+            finally:
+                self.metrics.call_stages(call.routing, call.queued, call.upstream_s)
         if result is None:
             data: dict[str, Any] = {"timeout_seconds": call.timeout, "backend": call.current}
             if call.waiting is not None:
@@ -499,7 +512,9 @@ class Router:
             if i >= 0:
                 call.force = -1
             else:
+                t0 = time.perf_counter()
                 i = self._choose(call, now)
+                call.routing += time.perf_counter() - t0
             if i < 0:
                 # Nothing usable at once: wait for the earliest backend (a backoff when retrying).
                 best, at, probe = self._earliest(call, now)
@@ -508,6 +523,7 @@ class Router:
                         call.waiting = "probe"
                         await probe.wait()
                         call.waiting = None
+                        call.queued += anyio.current_time() - now
                         continue
                     raise self._stop(call, -1, 0.0)
                 retrying = bool(call.attempts)
@@ -524,6 +540,7 @@ class Router:
                     call.waiting = "backoff" if retrying else "cooldown"
                     await anyio.sleep(at - now)
                     call.waiting = None
+                    call.queued += at - now
                 call.tried = 0  # a new round
                 continue
             made = len(call.attempts)
@@ -608,7 +625,8 @@ class Router:
             call.waiting = "max_concurrent"
             await slots.acquire()
             call.waiting = None
-            now = anyio.current_time()
+            queued_at, now = now, anyio.current_time()
+            call.queued += now - queued_at
             waited = True
         try:
             rpm_entry = tpm_entry = None
@@ -643,6 +661,7 @@ class Router:
                             b.tpm.correct(tpm_entry, 0, at)
                         raise
                     call.waiting = None
+                    call.queued += at - now
                     waited = True
             if waited:
                 now = anyio.current_time()
@@ -689,11 +708,15 @@ class Router:
                 response = await self._complete(call, b, request)
         except errors.ProviderError as exc:
             ended = anyio.current_time()
+            call.upstream_s += ended - started
+            self.metrics.upstream_call(b.name, request.model, exc.type, ended - started)
             self._failed(call, i, b, key, exc, ended, ended - started, probe)
             return None
         except BaseException:
             # Cancelled (the deadline, or the client) or a bug: the backend's health is unknown.
             ended = anyio.current_time()
+            call.upstream_s += ended - started
+            self.metrics.upstream_call(b.name, request.model, "cancelled", ended - started)
             if ended >= call.deadline:
                 cut = errors.UpstreamTimeoutError(f"{b.name}: cut by the request's deadline", backend=b.name)
                 call.attempts.append(Attempt(b.name, cut, (ended - started) * 1000))
@@ -704,6 +727,8 @@ class Router:
             b.in_flight -= 1
         ended = anyio.current_time()
         latency = ended - started
+        call.upstream_s += latency
+        self.metrics.upstream_call(b.name, request.model, "ok", latency)
         self._succeeded(b, latency, probe)
         if tpm_entry is not None and b.tpm is not None:
             b.tpm.correct(tpm_entry, response.usage.total_tokens or call.estimate(), ended)
@@ -894,6 +919,7 @@ class Router:
         """
         if params.stream or self._routed(params):
             return None  # a routed call decides (and logs its decision) once, on the task path
+        t0 = time.perf_counter()
         call = self._call(params)
         now = anyio.current_time() if self._needs_clock else 0.0
         i = self._choose(call, now)
@@ -926,6 +952,8 @@ class Router:
                 self._undo(b, now, rpm_entry, tpm_entry)
                 return None  # a retry follows: the task path makes this attempt again, and the rest
             elapsed = time.perf_counter() - started
+            self.metrics.upstream_call(b.name, request.model, exc.type, elapsed)
+            self.metrics.call_stages(started - t0, 0.0, elapsed)
             route.chose(i, self._seq)
             self._seq += 1
             fail_now = anyio.current_time() if not b.deterministic else now
@@ -940,6 +968,9 @@ class Router:
             self._undo(b, now, rpm_entry, tpm_entry)
             return None
         latency = time.perf_counter() - started
+        metrics = self.metrics
+        metrics.upstream_call(b.name, request.model, "ok", latency)
+        metrics.call_stages(started - t0, 0.0, latency)
         route.chose(i, self._seq)
         self._seq += 1
         if b.slots is not None:
