@@ -33,7 +33,6 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, get_args
 
@@ -51,6 +50,7 @@ from llm_rpc.config import (
     RoutingSettings,
 )
 from llm_rpc.core.pricing import Price, PriceTable, blended_per_1k, round_usd, shipped_prices
+from llm_rpc.core.ratelimit import DEFAULT_COMPLETION_TOKENS
 from llm_rpc.types import Capability, Complexity, ExecuteParams, RouteCandidate, RouteDecision
 
 __all__ = [
@@ -60,11 +60,13 @@ __all__ = [
     "BudgetState",
     "ChainBudgets",
     "DecisionLog",
+    "ReplayResult",
     "RouteInputs",
     "RouteState",
     "RoutingPolicy",
     "capabilities_of",
     "classify",
+    "inputs_from_execute",
     "replay",
     "wire_model",
 ]
@@ -72,8 +74,8 @@ __all__ = [
 TIERS: tuple[Complexity, ...] = ("simple", "moderate", "complex", "critical")
 _RANK: dict[str | None, int] = {None: -1, **{t: i for i, t in enumerate(TIERS)}}
 
-#: Tokens assumed for the answer when a call sets no ``max_tokens`` (as the router's estimate).
-DEFAULT_OUTPUT_TOKENS = 1024
+#: Tokens assumed for the answer when a call sets no ``max_tokens`` (the router's estimate's).
+DEFAULT_OUTPUT_TOKENS = DEFAULT_COMPLETION_TOKENS
 _CHAIN_TIERS_MAX = 65_536  # chain ids are client input: bound the sticky-tier memory
 
 # -- which backend serves which model -------------------------------------------------------------------
@@ -322,8 +324,8 @@ class _Option:
 _Entry = tuple[_Option, str | None, float | None]
 
 
-@dataclass(slots=True)
-class _Rule:
+class _Rule(msgspec.Struct, kw_only=True):
+    # A Struct, not a dataclass: the class is built at import, and cold start matters.
     name: str
     task_types: frozenset[str] | None
     complexities: frozenset[str] | None
@@ -1050,8 +1052,7 @@ class DecisionLog:
             self._fd = -1
 
 
-@dataclass(frozen=True, slots=True)
-class ReplayResult:
+class ReplayResult(msgspec.Struct, frozen=True):
     """One logged decision, recomputed: ``recorded`` and ``recomputed`` differ when ``same`` is false."""
 
     line: int
