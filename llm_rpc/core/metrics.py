@@ -121,9 +121,20 @@ class Metrics:
         key = (method, outcome)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
+        self.method_latency(method).observe(seconds)
+
+    def method_latency(self, method: str) -> Histogram:
+        """The latency histogram of ``method`` (a handler wrapper keeps it, saving the lookup)."""
         histogram = self.request_latency.get(method)
         if histogram is None:
             histogram = self.request_latency[method] = Histogram()
+        return histogram
+
+    def ok(self, method: str, histogram: Histogram, seconds: float) -> None:
+        """A request answered successfully: the common case, kept short."""
+        key = (method, "ok")
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
         histogram.observe(seconds)
 
     def upstream_call(self, backend: str, model: str, status: str, seconds: float) -> None:

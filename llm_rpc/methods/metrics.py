@@ -15,7 +15,7 @@ import anyio
 import msgspec
 
 from llm_rpc import _codes
-from llm_rpc.core.metrics import Metrics, MetricsSnapshot, render_prometheus, snapshot
+from llm_rpc.core.metrics import STAGES, Metrics, MetricsSnapshot, render_prometheus, snapshot
 from llm_rpc.core.router import Router
 from llm_rpc.errors import LLMError
 from llm_rpc.methods.admin import NoParams, ServerHooks
@@ -28,6 +28,8 @@ _perf = time.perf_counter
 _encode = msgspec.json.Encoder().encode
 #: Methods whose params decoding and result encoding count as stages of a call.
 _STAGED = frozenset({"execute"})
+_DECODE = STAGES.index("decode")
+_ENCODE = STAGES.index("encode")
 
 
 def collect(router: Router, server: ServerHooks) -> MetricsSnapshot:
@@ -80,18 +82,20 @@ def outcome_of(exc: BaseException) -> str:
 class _TimedDecoder:
     """A params decoder that adds its time to the ``decode`` stage."""
 
-    __slots__ = ("_decode", "_metrics")
+    __slots__ = ("_counts", "_decode", "_sums")
 
     def __init__(self, decoder: msgspec.json.Decoder[Any], metrics: Metrics) -> None:
         self._decode = decoder.decode
-        self._metrics = metrics
+        self._sums = metrics.stage_sums
+        self._counts = metrics.stage_counts
 
     def decode(self, data: bytes) -> Any:
         start = _perf()
         try:
             return self._decode(data)
         finally:
-            self._metrics.decoded(_perf() - start)
+            self._sums[_DECODE] += _perf() - start
+            self._counts[_DECODE] += 1
 
 
 def instrument(table: MethodTable, metrics: Metrics) -> None:
@@ -119,6 +123,8 @@ def _inline(method: Method, metrics: Metrics, staged: bool) -> Any:
     handler = method.handler
     name = method.name
     record = metrics.request
+    ok = metrics.ok
+    histogram = metrics.method_latency(name)
 
     def counted(params: Any, ctx: RequestContext) -> Any:
         start = _perf()
@@ -129,17 +135,22 @@ def _inline(method: Method, metrics: Metrics, staged: bool) -> Any:
         except Exception as exc:
             record(name, outcome_of(exc), _perf() - start)
             raise
-        record(name, "ok", _perf() - start)
+        ok(name, histogram, _perf() - start)
         return result
 
     return counted
 
 
 def _try_inline(method: Method, metrics: Metrics, staged: bool) -> Any:
+    # The inline mock path answers in microseconds: one closure, three clock reads, no lookups.
     try_inline = method.try_inline
     assert try_inline is not None
     name = method.name
     record = metrics.request
+    ok = metrics.ok
+    histogram = metrics.method_latency(name)
+    sums = metrics.stage_sums
+    counts = metrics.stage_counts
 
     def counted(params: Any, ctx: RequestContext) -> Any:
         start = _perf()
@@ -148,11 +159,17 @@ def _try_inline(method: Method, metrics: Metrics, staged: bool) -> Any:
             if result is NOT_INLINE:
                 return result  # the async handler runs, and counts
             if staged:
-                result = _encoded(result, metrics)
+                encoding = _perf()
+                result = msgspec.Raw(_encode(result))
+                end = _perf()
+                sums[_ENCODE] += end - encoding
+                counts[_ENCODE] += 1
+            else:
+                end = _perf()
         except Exception as exc:
             record(name, outcome_of(exc), _perf() - start)
             raise
-        record(name, "ok", _perf() - start)
+        ok(name, histogram, end - start)
         return result
 
     return counted
@@ -162,6 +179,8 @@ def _async(method: Method, metrics: Metrics, staged: bool) -> Any:
     handler = method.handler
     name = method.name
     record = metrics.request
+    ok = metrics.ok
+    histogram = metrics.method_latency(name)
 
     async def counted(params: Any, ctx: RequestContext) -> Any:
         start = _perf()
@@ -175,7 +194,7 @@ def _async(method: Method, metrics: Metrics, staged: bool) -> Any:
         except Exception as exc:
             record(name, outcome_of(exc), _perf() - start)
             raise
-        record(name, "ok", _perf() - start)
+        ok(name, histogram, _perf() - start)
         return result
 
     return counted

@@ -249,7 +249,8 @@ class _Head:
         self.authorization: bytes | None = None
         # As h11 decides it: HTTP/1.0, or "Connection: close", ends the connection after the response.
         self.keep_alive = request.http_version >= b"1.1"
-        for name, value in request.headers:
+        for raw_name, value in request.headers.raw_items():
+            name = raw_name.lower()
             if name == b"content-length":
                 self.content_length = int(value)
             elif name == b"accept":
