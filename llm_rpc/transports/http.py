@@ -341,7 +341,8 @@ class _Connection:
         phase = self.phase
         if phase == _IDLE:
             now = anyio.current_time()
-            if self.deadline_phase != _IDLE or now - self.deadline_set_at > _DEADLINE_SLACK:
+            slack = min(_DEADLINE_SLACK, self.settings.keepalive_timeout / 4)
+            if self.deadline_phase != _IDLE or now - self.deadline_set_at > slack:
                 self.deadline_phase = _IDLE
                 self.deadline_set_at = now
                 self.timer.deadline = now + self.settings.keepalive_timeout

@@ -174,6 +174,18 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeo
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n")  # answered, then closed when idle
 
 
+async def test_requests_spaced_within_the_keepalive_timeout_keep_one_connection() -> None:
+    table = MethodTable()
+    async with (
+        listening(table, keepalive_timeout=0.4) as server,
+        httpx.AsyncClient(base_url=server.url, limits=httpx.Limits(max_connections=1)) as client,
+    ):
+        for _ in range(6):
+            assert (await client.get("/health")).status_code == 200
+            await anyio.sleep(0.15)  # more than the deadline's slack, less than the timeout
+        assert server.stats.accepted == 1
+
+
 async def test_over_the_connection_cap_a_new_connection_gets_503_server_busy() -> None:
     table = MethodTable()
     async with listening(table, max_connections=1) as server:
