@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -23,17 +22,10 @@ from typing import Any
 import msgspec
 
 from llm_rpc import errors
-from llm_rpc._secret import Secret, redact
-from llm_rpc._version import __version__
-from llm_rpc.config import BackendConfig
-from llm_rpc.providers._client import httpx, new_client
-from llm_rpc.providers._http import (
-    classify_status,
-    error_from_status,
-    map_transport_errors,
-    retry_after_from_headers,
-    sse_events,
-)
+from llm_rpc._secret import redact
+from llm_rpc.providers._base import HttpBackend, StreamState, image_url, plain_text, stream_items, tool_arguments
+from llm_rpc.providers._client import httpx
+from llm_rpc.providers._http import classify_status, error_from_status, retry_after_from_headers
 from llm_rpc.providers.base import ProviderRequest, ProviderResponse, StreamItem, TextDelta, ToolCallDelta
 from llm_rpc.types import Message, ToolCall, Usage
 
@@ -50,8 +42,6 @@ API_VERSION = "2023-06-01"
 #: throttle callers who never asked for long answers.
 DEFAULT_MAX_TOKENS = 4096
 MAX_TEMPERATURE = 1.0
-DEFAULT_TIMEOUT = 120.0
-USER_AGENT = f"llm-rpc/{__version__}"
 #: Models that answer 400 to a non-default ``temperature`` (their migration guides): it is left out.
 NO_SAMPLING_MODELS = ("claude-sonnet-5*", "claude-opus-4-7*", "claude-opus-4-8*", "claude-opus-5*")
 
@@ -81,11 +71,6 @@ _ERROR_TYPES: dict[str, type[errors.ProviderError]] = {
 }
 _SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
 _RATE_LIMIT_BUCKETS = ("requests", "tokens", "input-tokens", "output-tokens")
-
-#: After an error event, how many more events are read before giving up on the end of the stream.
-#: Leaving a stream early strands httpx2's body generators (trio warns of them) and the connection;
-#: the upstream ends the stream right after an error, so reading on costs nothing.
-_DRAIN_EVENTS = 16
 
 # -- wire Structs (only the fields we read; unknown fields and values are ignored) ------------------------
 
@@ -156,7 +141,6 @@ class _Event(msgspec.Struct):
 _message_decoder = msgspec.json.Decoder(_Message)
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
 _event_decoder = msgspec.json.Decoder(_Event)
-_json_decoder = msgspec.json.Decoder()
 
 # -- to_wire --------------------------------------------------------------------------------------------
 
@@ -171,7 +155,7 @@ def to_wire(request: ProviderRequest, *, stream: bool = False) -> dict[str, Any]
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(request.messages):
         if message.role in ("system", "developer"):
-            system.append(_plain_text(message.content))
+            system.append(plain_text(message.content))
             continue
         role, blocks = _turn(message, index)
         if not blocks:
@@ -209,34 +193,19 @@ def _rejects_sampling(model: str) -> bool:
     return any(fnmatch.fnmatchcase(model, pattern) for pattern in NO_SAMPLING_MODELS)
 
 
-def _plain_text(content: str | list[dict[str, Any]] | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
-
-
 def _blocks(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """Content blocks from OpenAI-style content; Anthropic-native blocks pass through unchanged."""
     if content is None:
         return []
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
-    out: list[dict[str, Any]] = []
-    for part in content:
-        if part.get("type") == "image_url":
-            out.append(_image(part))
-        else:
-            out.append(part)
-    return out
+    return [_image(part) if part.get("type") == "image_url" else part for part in content]
 
 
 def _image(part: dict[str, Any]) -> dict[str, Any]:
-    image = part.get("image_url")
-    url = image.get("url", "") if isinstance(image, dict) else str(image or "")
-    if url.startswith("data:") and ";base64," in url:
-        media_type, _, data = url[5:].partition(";base64,")
+    url, inline = image_url(part)
+    if inline is not None:
+        media_type, data = inline
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
@@ -257,26 +226,11 @@ def _turn(message: Message, index: int) -> tuple[str, list[dict[str, Any]]]:
                     "type": "tool_use",
                     "id": call.get("id") or f"toolu_{index}_{j}",
                     "name": function.get("name", ""),
-                    "input": _arguments(function.get("arguments"), f"messages[{index}].tool_calls[{j}]"),
+                    "input": tool_arguments(function.get("arguments"), f"messages[{index}].tool_calls[{j}]"),
                 }
             )
         return "assistant", blocks
     return "user", _blocks(message.content)
-
-
-def _arguments(arguments: Any, where: str) -> Any:
-    """A tool call's arguments as the object Anthropic's ``tool_use.input`` must be."""
-    if isinstance(arguments, dict):
-        return arguments
-    if arguments is None or arguments == "":
-        return {}
-    try:
-        value = _json_decoder.decode(arguments)
-    except (msgspec.DecodeError, TypeError):
-        value = None
-    if not isinstance(value, dict):
-        raise errors.BadRequestError(f"{where}.function.arguments: expected a JSON object", path=where)
-    return value
 
 
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:
@@ -477,12 +431,12 @@ def _share_left(headers: Mapping[str, str], bucket: str) -> float:
 # -- stream decoding ------------------------------------------------------------------------------------
 
 
-class _StreamState:
+class _StreamState(StreamState):
     """Assembles stream events into the same normalized response ``from_wire`` gives."""
 
     def __init__(self, model: str, backend: str, include_raw: bool) -> None:
+        super().__init__(backend)
         self.model = model
-        self.backend = backend
         self.message = _Message()
         self.usage = _Usage()
         self.texts: list[str] = []
@@ -492,23 +446,9 @@ class _StreamState:
         self.started = False
         self.stopped = False
         self.raw: list[bytes] | None = [] if include_raw else None
-        self.failure: errors.ProviderError | None = None
-        self.drained = 0
 
-    def feed(self, name: str, data: str) -> list[StreamItem]:
-        """The deltas one SSE event carries; an ``error`` event's typed error is kept for ``finish``."""
-        try:
-            return self._feed(name, data)
-        except errors.ProviderError as exc:
-            self.failure = exc
-            return []
-
-    def drain(self) -> bool:
-        """After a failure, read on to the end of the stream (see ``_DRAIN_EVENTS``); True: stop now."""
-        self.drained += 1
-        return self.drained > _DRAIN_EVENTS
-
-    def _feed(self, name: str, data: str) -> list[StreamItem]:
+    def _feed(self, sse: httpx.ServerSentEvent) -> list[StreamItem]:
+        name, data = sse.event, sse.data
         if self.raw is not None:
             self.raw.append(data.encode("utf-8"))
         if name == "ping":
@@ -600,80 +540,16 @@ class _StreamState:
 # -- the provider ---------------------------------------------------------------------------------------
 
 
-class AnthropicProvider:
-    """One Anthropic backend: a pooled HTTP client, its key variables and its extra headers."""
+class AnthropicProvider(HttpBackend):
+    """One Anthropic backend: ``HttpBackend`` with the version header and the key in ``x-api-key``."""
 
     provider = "anthropic"
+    default_base_url = DEFAULT_BASE_URL
+    auth_header = "x-api-key"
+    default_headers = (("anthropic-version", API_VERSION),)
 
-    def __init__(
-        self,
-        name: str = "anthropic",
-        *,
-        base_url: str | None = None,
-        key_envs: list[str] | None = None,
-        keys: list[Secret] | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        headers: Mapping[str, str] | None = None,
-        max_connections: int | None = None,
-    ) -> None:
-        self.name = name
-        self.key_envs = list(key_envs or [])
-        self._keys: list[Secret] = list(keys or [])
-        self._next_key = 0
-        default_headers = {
-            "anthropic-version": API_VERSION,
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-        }
-        # Configured headers override ours, whatever their case.
-        default_headers.update({k.lower(): v for k, v in (headers or {}).items()})
-        self._client = new_client(
-            base_url=base_url or DEFAULT_BASE_URL,
-            headers=default_headers,
-            timeout=timeout,
-            max_connections=max_connections,
-        )
-
-    @classmethod
-    def from_config(cls, config: BackendConfig) -> AnthropicProvider:
-        key_envs = getattr(config, "key_envs", None)
-        if key_envs is None:
-            key_envs = [config.api_key_env] if config.api_key_env else []
-        return cls(
-            config.backend_name,
-            base_url=config.base_url,
-            key_envs=list(key_envs),
-            timeout=getattr(config, "timeout_seconds", None) or DEFAULT_TIMEOUT,
-            headers=getattr(config, "headers", None) or {},
-            max_connections=config.max_concurrent,
-        )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, base_url={str(self._client.base_url)!r})"
-
-    def _key(self) -> Secret:
-        """The next key (round-robin over the backend's keys), read from the environment on first need."""
-        if not self._keys:
-            self._keys = [Secret(v) for name in self.key_envs if (v := os.environ.get(name))]
-        if not self._keys:
-            names = ", ".join(self.key_envs) or "(none configured)"
-            raise errors.AuthError(
-                f"{self.name}: no API key: set the environment variable {names}",
-                backend=self.name,
-                key_env=names,
-            )
-        key = self._keys[self._next_key % len(self._keys)]
-        self._next_key += 1
-        return key
-
-    def _headers(self, request: ProviderRequest) -> dict[str, str]:
-        """This call's ``x-api-key``: the router's key for the attempt when it chose one, else the next own key.
-
-        Raises:
-            AuthError: no key for the attempt and none of the backend's key variables is set.
-        """
-        key = request.api_key if request.api_key is not None else self._key()
-        return {"x-api-key": key.reveal()}
+    def _parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> errors.ProviderError:
+        return parse_error(self.name, status, headers, body)
 
     async def complete(self, request: ProviderRequest) -> ProviderResponse:
         """One Messages API call.
@@ -681,12 +557,7 @@ class AnthropicProvider:
         Raises:
             ProviderError: a subclass for each upstream fault (status and body both count).
         """
-        body = msgspec.json.encode(to_wire(request))
-        headers = self._headers(request)
-        with map_transport_errors(self.name):
-            response = await self._client.post(MESSAGES_PATH, content=body, headers=headers)
-        if not response.is_success:
-            raise parse_error(self.name, response.status_code, response.headers, response.content)
+        response = await self._post(MESSAGES_PATH, msgspec.json.encode(to_wire(request)), request)
         return from_wire(response.content, model=request.model, backend=self.name, include_raw=request.include_raw)
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamItem]:
@@ -697,26 +568,12 @@ class AnthropicProvider:
                 stream that ends before ``message_stop`` raises ``UpstreamProtocolError``.
         """
         body = msgspec.json.encode(to_wire(request, stream=True))
-        headers = self._headers(request)
         state = _StreamState(request.model, self.name, request.include_raw)
-        with map_transport_errors(self.name):
-            async with self._client.stream("POST", MESSAGES_PATH, content=body, headers=headers) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise parse_error(self.name, response.status_code, response.headers, response.content)
-                try:
-                    async with sse_events(response) as events:
-                        async for sse in events:
-                            if state.failure is None:
-                                for item in state.feed(sse.event, sse.data):
-                                    yield item
-                            elif state.drain():
-                                break
-                except httpx.SSEError:
-                    raise errors.UpstreamProtocolError(
-                        f"{self.name}: the response is not an event stream", backend=self.name, status=200
-                    ) from None
+        async with (
+            self._open_stream(MESSAGES_PATH, body, request) as response,
+            stream_items(response, state) as batches,
+        ):
+            async for items in batches:
+                for item in items:
+                    yield item
         yield state.finish()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

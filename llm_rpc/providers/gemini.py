@@ -17,6 +17,7 @@ Wire reference: ../shared/docs/providers.md sections 4, 6 and 9.
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import os
 from collections import OrderedDict
@@ -27,17 +28,10 @@ from urllib.parse import quote
 import msgspec
 
 from llm_rpc import errors
-from llm_rpc._secret import Secret, redact
-from llm_rpc._version import __version__
-from llm_rpc.config import BackendConfig
-from llm_rpc.providers._client import httpx, new_client
-from llm_rpc.providers._http import (
-    classify_status,
-    error_from_status,
-    map_transport_errors,
-    parse_duration,
-    sse_events,
-)
+from llm_rpc._secret import redact
+from llm_rpc.providers._base import HttpBackend, StreamState, image_url, plain_text, stream_items, tool_arguments
+from llm_rpc.providers._client import httpx
+from llm_rpc.providers._http import classify_status, error_from_status, parse_duration
 from llm_rpc.providers.base import ProviderRequest, ProviderResponse, StreamItem, TextDelta, ToolCallDelta
 from llm_rpc.types import Message, ToolCall, Usage
 
@@ -46,8 +40,6 @@ __all__ = ["GeminiProvider", "from_wire", "parse_error", "to_wire"]
 # -- constants ------------------------------------------------------------------------------------------
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
-DEFAULT_TIMEOUT = 120.0
-USER_AGENT = f"llm-rpc/{__version__}"
 #: Google's documented placeholder for a replayed function call whose real signature is unknown.
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 #: How many function-call signatures a backend remembers for replay.
@@ -94,11 +86,6 @@ _STATUS_CODES = {
 }
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
-
-#: After an error event, how many more events are read before giving up on the end of the stream.
-#: Leaving a stream early strands httpx2's body generators (trio warns of them) and the connection;
-#: the upstream ends the stream right after an error, so reading on costs nothing.
-_DRAIN_EVENTS = 16
 
 # -- wire Structs (only the fields we read; unknown fields and values are ignored) ------------------------
 
@@ -191,7 +178,7 @@ def to_wire(request: ProviderRequest, signatures: Mapping[str, str] | None = Non
     call_names: dict[str, str] = {}
     for index, message in enumerate(request.messages):
         if message.role in ("system", "developer"):
-            system.append(_plain_text(message.content))
+            system.append(plain_text(message.content))
             continue
         role, parts = _turn(message, index, call_names, signatures, placeholder)
         if not parts:
@@ -222,14 +209,6 @@ def to_wire(request: ProviderRequest, signatures: Mapping[str, str] | None = Non
     return body
 
 
-def _plain_text(content: str | list[dict[str, Any]] | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
-
-
 def _parts(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """Gemini parts from OpenAI-style content; parts already in Gemini's shape pass through unchanged."""
     if content is None:
@@ -249,10 +228,9 @@ def _parts(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
 
 
 def _image(part: dict[str, Any]) -> dict[str, Any]:
-    image = part.get("image_url")
-    url = image.get("url", "") if isinstance(image, dict) else str(image or "")
-    if url.startswith("data:") and ";base64," in url:
-        mime, _, data = url[5:].partition(";base64,")
+    url, inline = image_url(part)
+    if inline is not None:
+        mime, data = inline
         return {"inlineData": {"mimeType": mime, "data": data}}
     mime = mimetypes.guess_type(url)[0] or "application/octet-stream"
     return {"fileData": {"fileUri": url, "mimeType": mime}}
@@ -283,7 +261,7 @@ def _turn(
             call_names[call_id] = name
             function_call: dict[str, Any] = {
                 "name": name,
-                "args": _arguments(function.get("arguments"), f"messages[{index}].tool_calls[{j}]"),
+                "args": tool_arguments(function.get("arguments"), f"messages[{index}].tool_calls[{j}]"),
             }
             if call_id and not call_id.startswith(SYNTHETIC_ID_PREFIX):
                 function_call["id"] = call_id
@@ -301,26 +279,12 @@ def _turn(
 
 def _function_response(content: str | list[dict[str, Any]] | None) -> dict[str, Any]:
     """``functionResponse.response`` must be an object: a JSON object passes, anything else is ``output``."""
-    text = _plain_text(content)
+    text = plain_text(content)
     try:
         value = _json_decoder.decode(text) if text else text
     except msgspec.DecodeError:
         value = text
     return value if isinstance(value, dict) else {"output": value}
-
-
-def _arguments(arguments: Any, where: str) -> Any:
-    if isinstance(arguments, dict):
-        return arguments
-    if arguments is None or arguments == "":
-        return {}
-    try:
-        value = _json_decoder.decode(arguments)
-    except (msgspec.DecodeError, TypeError):
-        value = None
-    if not isinstance(value, dict):
-        raise errors.BadRequestError(f"{where}.function.arguments: expected a JSON object", path=where)
-    return value
 
 
 def _declaration(tool: dict[str, Any]) -> dict[str, Any]:
@@ -523,12 +487,12 @@ def _per_day(details: list[_ErrorDetail]) -> bool:
 # -- stream decoding ------------------------------------------------------------------------------------
 
 
-class _StreamState:
+class _StreamState(StreamState):
     """Assembles SSE chunks (each a GenerateContentResponse with only new parts) into one response."""
 
     def __init__(self, model: str, backend: str, include_raw: bool) -> None:
+        super().__init__(backend)
         self.model = model
-        self.backend = backend
         self.parts: list[_Part] = []
         self.tool_calls: list[ToolCall] = []
         self.signatures: dict[str, str] = {}
@@ -538,24 +502,11 @@ class _StreamState:
         self.model_version: str | None = None
         self.response_id: str | None = None
         self.raw: list[bytes] | None = [] if include_raw else None
-        self.failure: errors.ProviderError | None = None
-        self.drained = 0
 
-    def feed(self, data: str) -> list[StreamItem]:
-        """The deltas one chunk carries; an error chunk's typed error is kept for ``finish``."""
-        try:
-            return self._feed(data)
-        except errors.ProviderError as exc:
-            self.failure = exc
+    def _feed(self, sse: httpx.ServerSentEvent) -> list[StreamItem]:
+        if not sse.data:
             return []
-
-    def drain(self) -> bool:
-        """After a failure, read on to the end of the stream (see ``_DRAIN_EVENTS``); True: stop now."""
-        self.drained += 1
-        return self.drained > _DRAIN_EVENTS
-
-    def _feed(self, data: str) -> list[StreamItem]:
-        raw = data.encode("utf-8")
+        raw = sse.data.encode("utf-8")
         if self.raw is not None:
             self.raw.append(raw)
         try:
@@ -615,76 +566,20 @@ class _StreamState:
 # -- the provider ---------------------------------------------------------------------------------------
 
 
-class GeminiProvider:
-    """One Gemini backend: a pooled HTTP client, its key variables, its extra headers and its signatures."""
+class GeminiProvider(HttpBackend):
+    """One Gemini backend: ``HttpBackend`` with the key in ``x-goog-api-key`` and the signatures it returned."""
 
     provider = "gemini"
+    default_base_url = DEFAULT_BASE_URL
+    auth_header = "x-goog-api-key"
 
-    def __init__(
-        self,
-        name: str = "gemini",
-        *,
-        base_url: str | None = None,
-        key_envs: list[str] | None = None,
-        keys: list[Secret] | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        headers: Mapping[str, str] | None = None,
-        max_connections: int | None = None,
-    ) -> None:
-        self.name = name
-        self.key_envs = list(key_envs or [])
-        self._keys: list[Secret] = list(keys or [])
-        self._next_key = 0
-        self._signatures: OrderedDict[str, str] = OrderedDict()
-        default_headers = {"content-type": "application/json", "user-agent": USER_AGENT}
-        # Configured headers override ours, whatever their case.
-        default_headers.update({k.lower(): v for k, v in (headers or {}).items()})
-        # httpx joins a relative path to the base URL's path only when the base ends with "/".
-        base = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/"
-        self._client = new_client(
-            base_url=base, headers=default_headers, timeout=timeout, max_connections=max_connections
-        )
+    @functools.cached_property
+    def _signatures(self) -> OrderedDict[str, str]:
+        # Made on first use, as the client is, so the class takes HttpBackend's constructor as it is.
+        return OrderedDict()
 
-    @classmethod
-    def from_config(cls, config: BackendConfig) -> GeminiProvider:
-        key_envs = getattr(config, "key_envs", None)
-        if key_envs is None:
-            key_envs = [config.api_key_env] if config.api_key_env else []
-        return cls(
-            config.backend_name,
-            base_url=config.base_url,
-            key_envs=list(key_envs),
-            timeout=getattr(config, "timeout_seconds", None) or DEFAULT_TIMEOUT,
-            headers=getattr(config, "headers", None) or {},
-            max_connections=config.max_concurrent,
-        )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, base_url={str(self._client.base_url)!r})"
-
-    def _key(self) -> Secret:
-        """The next key (round-robin over the backend's keys), read from the environment on first need."""
-        if not self._keys:
-            self._keys = [Secret(v) for name in self.key_envs if (v := os.environ.get(name))]
-        if not self._keys:
-            names = ", ".join(self.key_envs) or "(none configured)"
-            raise errors.AuthError(
-                f"{self.name}: no API key: set the environment variable {names}",
-                backend=self.name,
-                key_env=names,
-            )
-        key = self._keys[self._next_key % len(self._keys)]
-        self._next_key += 1
-        return key
-
-    def _headers(self, request: ProviderRequest) -> dict[str, str]:
-        """This call's ``x-goog-api-key``: the router's key for the attempt when it chose one, else the next own key.
-
-        Raises:
-            AuthError: no key for the attempt and none of the backend's key variables is set.
-        """
-        key = request.api_key if request.api_key is not None else self._key()
-        return {"x-goog-api-key": key.reveal()}
+    def _parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> errors.ProviderError:
+        return parse_error(self.name, status, headers, body)
 
     @staticmethod
     def _path(model: str, method: str) -> str:
@@ -706,13 +601,7 @@ class GeminiProvider:
             ProviderError: a subclass for each upstream fault (status and body both count).
         """
         body = msgspec.json.encode(to_wire(request, self._signatures))
-        headers = self._headers(request)
-        with map_transport_errors(self.name):
-            response = await self._client.post(
-                self._path(request.model, "generateContent"), content=body, headers=headers
-            )
-        if not response.is_success:
-            raise parse_error(self.name, response.status_code, response.headers, response.content)
+        response = await self._post(self._path(request.model, "generateContent"), body, request)
         raw = response.content
         result, signatures = _from_response(
             _decode(raw, self.name), model=request.model, raw=raw if request.include_raw else None
@@ -728,31 +617,14 @@ class GeminiProvider:
                 without a ``finishReason`` raises ``UpstreamProtocolError``.
         """
         body = msgspec.json.encode(to_wire(request, self._signatures))
-        headers = self._headers(request)
         state = _StreamState(request.model, self.name, request.include_raw)
         path = self._path(request.model, "streamGenerateContent")
-        with map_transport_errors(self.name):
-            async with self._client.stream(
-                "POST", path, params={"alt": "sse"}, content=body, headers=headers
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise parse_error(self.name, response.status_code, response.headers, response.content)
-                try:
-                    async with sse_events(response) as events:
-                        async for sse in events:
-                            if state.failure is None:
-                                if sse.data:
-                                    for item in state.feed(sse.data):
-                                        yield item
-                            elif state.drain():
-                                break
-                except httpx.SSEError:
-                    raise errors.UpstreamProtocolError(
-                        f"{self.name}: the response is not an event stream", backend=self.name, status=200
-                    ) from None
+        async with (
+            self._open_stream(path, body, request, params={"alt": "sse"}) as response,
+            stream_items(response, state) as batches,
+        ):
+            async for items in batches:
+                for item in items:
+                    yield item
         self._remember(state.signatures)
         yield state.finish()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

@@ -23,17 +23,9 @@ from typing import Any, Final
 import msgspec
 
 from llm_rpc import errors
-from llm_rpc._secret import Secret, redact
-from llm_rpc._version import __version__
-from llm_rpc.config import BackendConfig
-from llm_rpc.providers._client import httpx, new_client
-from llm_rpc.providers._http import (
-    LineTooLongError,
-    classify_status,
-    error_from_status,
-    map_transport_errors,
-    ndjson_lines,
-)
+from llm_rpc._secret import redact
+from llm_rpc.providers._base import HttpBackend
+from llm_rpc.providers._http import LineTooLongError, classify_status, error_from_status, ndjson_lines
 from llm_rpc.providers.base import ProviderRequest, ProviderResponse, StreamItem, TextDelta, ToolCallDelta
 from llm_rpc.types import Message, ToolCall, Usage
 
@@ -45,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL: Final = "http://localhost:11434"
 CHAT_PATH: Final = "/api/chat"
-USER_AGENT: Final = f"llm-rpc/{__version__}"
 _FINISH: Final[dict[str, str]] = {"stop": "stop", "length": "length", "load": "stop", "unload": "stop"}
 _ROLES: Final[dict[str, str]] = {"developer": "system"}
 _SNIPPET: Final = 200
@@ -386,78 +377,21 @@ class StreamAssembler:
 # -- the provider -------------------------------------------------------------------------------------------
 
 
-class OllamaProvider:
-    """A backend on Ollama's native API, local by default.
+class OllamaProvider(HttpBackend):
+    """A backend on Ollama's native API, local by default: ``HttpBackend`` with an optional ``Bearer`` key.
 
     Ollama needs no key locally; give the backend an ``api_key_env`` for ollama.com's cloud, which
-    takes ``Authorization: Bearer``. The pooled client is built on first use and closed by ``aclose``.
+    takes ``Authorization: Bearer``.
     """
 
     provider = "ollama"
+    default_base_url = DEFAULT_BASE_URL
+    auth_header = "authorization"
+    auth_prefix = "Bearer "
+    needs_key = False
 
-    def __init__(
-        self,
-        name: str = "ollama",
-        *,
-        base_url: str | None = None,
-        key_envs: list[str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        max_connections: int | None = None,
-    ) -> None:
-        self.name = name
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.key_envs = key_envs or []
-        self._headers = {k.lower(): v for k, v in (headers or {}).items() if v}
-        self._timeout = timeout if timeout is not None else 120.0
-        self._max_connections = max_connections
-        self._key: Secret | None = None
-        self._client: httpx.AsyncClient | None = None
-
-    @classmethod
-    def from_config(cls, config: BackendConfig) -> OllamaProvider:
-        return cls(
-            config.backend_name,
-            base_url=config.base_url,
-            key_envs=config.key_envs,
-            headers=config.headers,
-            timeout=config.timeout_seconds,
-            max_connections=config.max_concurrent,
-        )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
-
-    def _resolve_key(self) -> Secret | None:
-        if self._key is not None or not self.key_envs:
-            return self._key
-        for env in self.key_envs:
-            value = os.environ.get(env)
-            if value:
-                self._key = Secret(value)
-                return self._key
-        names = ", ".join(self.key_envs)
-        raise errors.AuthError(
-            f"{self.name}: no API key: the environment variable {names} is not set", backend=self.name, key_env=names
-        )
-
-    def _auth(self, request: ProviderRequest) -> dict[str, str]:
-        """This call's ``authorization`` header, only when there is a key: the router's for the attempt,
-        else the backend's own (revealed here and nowhere else; the pooled client holds none).
-
-        Raises:
-            AuthError: no key for the attempt and the backend's key variable is configured but not set.
-        """
-        key = request.api_key if request.api_key is not None else self._resolve_key()
-        return {} if key is None else {"authorization": f"Bearer {key.reveal()}"}
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            headers = {"content-type": "application/json", "user-agent": USER_AGENT, **self._headers}
-            self._client = new_client(
-                base_url=self.base_url, headers=headers, timeout=self._timeout, max_connections=self._max_connections
-            )
-        return self._client
+    def _parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> errors.ProviderError:
+        return parse_error(status, headers, body, backend=self.name)
 
     async def complete(self, request: ProviderRequest) -> ProviderResponse:
         """One call with ``stream: false``.
@@ -465,13 +399,7 @@ class OllamaProvider:
         Raises:
             ProviderError: a subclass naming what went wrong.
         """
-        auth = self._auth(request)
-        client = self._http()
-        body = to_wire(request, backend=self.name)
-        with map_transport_errors(self.name):
-            response = await client.post(CHAT_PATH, content=body, headers=auth)
-        if not 200 <= response.status_code < 300:
-            raise parse_error(response.status_code, response.headers, response.content, backend=self.name)
+        response = await self._post(CHAT_PATH, to_wire(request, backend=self.name), request)
         return from_wire(
             response.content, backend=self.name, requested_model=request.model, include_raw=request.include_raw
         )
@@ -483,25 +411,13 @@ class OllamaProvider:
             ProviderError: as ``complete``; an ``{"error": ...}`` line is ``server_error``, a stream cut
                 short is ``protocol``.
         """
-        auth = self._auth(request)
-        client = self._http()
         body = to_wire(request, stream=True, backend=self.name)
         assembler = StreamAssembler(self.name, request.model, include_raw=request.include_raw)
-        with map_transport_errors(self.name):
-            async with client.stream("POST", CHAT_PATH, content=body, headers=auth) as response:
-                if not 200 <= response.status_code < 300:
-                    raw = await response.aread()
-                    raise parse_error(response.status_code, response.headers, raw, backend=self.name)
-                async with ndjson_lines(response, _MAX_LINE) as lines:
-                    try:
-                        async for line in lines:
-                            for item in assembler.feed(line):
-                                yield item
-                    except LineTooLongError:
-                        raise _protocol(self.name, "a line of the stream is too long", "") from None
+        async with self._open_stream(CHAT_PATH, body, request) as response, ndjson_lines(response, _MAX_LINE) as lines:
+            try:
+                async for line in lines:
+                    for item in assembler.feed(line):
+                        yield item
+            except LineTooLongError:
+                raise _protocol(self.name, "a line of the stream is too long", "") from None
         yield assembler.finish()
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()

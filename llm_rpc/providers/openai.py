@@ -12,7 +12,6 @@ known keys from the provider's text) or ``map_transport_errors``, never from ups
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -20,11 +19,11 @@ from typing import Any, Final
 import msgspec
 
 from llm_rpc import errors
-from llm_rpc._secret import Secret, redact
-from llm_rpc._version import __version__
+from llm_rpc._secret import redact
 from llm_rpc.config import BackendConfig
-from llm_rpc.providers._client import httpx, new_client
-from llm_rpc.providers._http import classify_status, error_from_status, map_transport_errors, sse_events
+from llm_rpc.providers._base import HttpBackend
+from llm_rpc.providers._client import httpx
+from llm_rpc.providers._http import classify_status, error_from_status, sse_events
 from llm_rpc.providers.base import ProviderRequest, ProviderResponse, StreamItem, TextDelta, ToolCallDelta
 from llm_rpc.types import ToolCall, Usage
 
@@ -41,7 +40,6 @@ __all__ = [
 # -- constants --------------------------------------------------------------------------------------------
 
 CHAT_PATH: Final = "/chat/completions"
-USER_AGENT: Final = f"llm-rpc/{__version__}"
 #: OpenRouter's app attribution (openrouter.ai/docs/app-attribution); a backend's ``headers`` override
 #: these, and an empty value there drops the header.
 OPENROUTER_REFERER: Final = "https://pypi.org/project/llm-rpc/"
@@ -532,14 +530,6 @@ class StreamAssembler:
         )
 
 
-def _merge_headers(defaults: tuple[tuple[str, str], ...], configured: Mapping[str, str]) -> dict[str, str]:
-    """Dialect defaults overlaid by the backend's ``headers`` (case-insensitive; ``""`` drops one)."""
-    merged = {k.lower(): v for k, v in defaults}
-    for name, value in configured.items():
-        merged[name.lower()] = value
-    return {k: v for k, v in merged.items() if v}
-
-
 def _is_event_stream(response: httpx.Response) -> bool:
     content_type = response.headers.get("content-type", "")
     return content_type.partition(";")[0].strip().lower() == "text/event-stream"
@@ -548,13 +538,16 @@ def _is_event_stream(response: httpx.Response) -> bool:
 # -- the provider -------------------------------------------------------------------------------------------
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpBackend):
     """A backend speaking OpenAI Chat Completions: ``openai``, ``xai``, ``openrouter``, ``openai-compatible``.
 
-    One pooled keep-alive client per backend, built on first use (so the router can be built outside
-    any event loop) and closed by ``aclose``. The key is read from the environment as a ``Secret``; if
-    it is missing, each call fails with ``AuthError`` naming the variable, until it is set.
+    ``HttpBackend`` with a ``Bearer`` key and its ``Dialect``'s base URL, key variable and headers. A
+    backend without key variables (a local ``openai-compatible`` server) calls without a key.
     """
+
+    auth_header = "authorization"
+    auth_prefix = "Bearer "
+    needs_key = False
 
     def __init__(
         self,
@@ -567,87 +560,34 @@ class OpenAIProvider:
         timeout: float | None = None,
         max_connections: int | None = None,
     ) -> None:
+        """A backend of the dialect ``kind``; ``key_envs`` None: the dialect's usual key variable.
+
+        Raises:
+            ConfigError: an unknown ``kind``, or no ``base_url`` for ``openai-compatible``.
+        """
         if kind not in DIALECTS:
             raise errors.ConfigError(f"{name}: unknown provider kind {kind!r}", path="provider")
-        self.name = name
         self.provider = kind
         self.dialect = DIALECTS[kind]
-        url = base_url or self.dialect.base_url
-        if not url:
-            raise errors.ConfigError(
-                f"{name}: base_url is required for provider {kind} (there is no default)", path="base_url"
-            )
-        self.base_url = url.rstrip("/")
+        self.default_headers = self.dialect.headers
         if key_envs is None:
             key_envs = [self.dialect.key_env] if self.dialect.key_env else []
-        self.key_envs = key_envs
-        self._headers = _merge_headers(self.dialect.headers, headers or {})
-        self._timeout = timeout if timeout is not None else 120.0
-        self._max_connections = max_connections
-        self._key: Secret | None = None
-        self._client: httpx.AsyncClient | None = None
+        super().__init__(
+            name,
+            base_url=base_url or self.dialect.base_url,
+            key_envs=key_envs,
+            headers=headers,
+            timeout=timeout,
+            max_connections=max_connections,
+        )
 
     @classmethod
-    def from_config(cls, config: BackendConfig) -> OpenAIProvider:
-        """Build from a ``[[backends]]`` entry.
+    def _config_options(cls, config: BackendConfig) -> dict[str, Any]:
+        # No key variable configured: the dialect's usual one.
+        return {**super()._config_options(config), "kind": config.provider, "key_envs": config.key_envs or None}
 
-        Raises:
-            ConfigError: ``openai-compatible`` without ``base_url``.
-        """
-        return cls(
-            config.backend_name,
-            kind=config.provider,
-            base_url=config.base_url,
-            key_envs=config.key_envs or None,
-            headers=config.headers,
-            timeout=config.timeout_seconds,
-            max_connections=config.max_concurrent,
-        )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, provider={self.provider!r}, base_url={self.base_url!r})"
-
-    # -- HTTP plumbing
-
-    def _resolve_key(self) -> Secret | None:
-        """The first key that is set, or None when this backend needs none.
-
-        Raises:
-            AuthError: a key variable is configured but none of them is set.
-        """
-        if self._key is not None or not self.key_envs:
-            return self._key
-        for env in self.key_envs:
-            value = os.environ.get(env)
-            if value:
-                self._key = Secret(value)
-                return self._key
-        names = ", ".join(self.key_envs)
-        raise errors.AuthError(
-            f"{self.name}: no API key: the environment variable {names} is not set",
-            backend=self.name,
-            key_env=names,
-        )
-
-    def _auth(self, request: ProviderRequest) -> dict[str, str]:
-        """This call's ``authorization`` header: the router's key for the attempt, else the backend's own.
-
-        The key is revealed here and nowhere else; the pooled client holds none, so one backend can
-        send a different key on each attempt (``api_key_envs``).
-
-        Raises:
-            AuthError: no key for the attempt and the backend's key variable is not set.
-        """
-        key = request.api_key if request.api_key is not None else self._resolve_key()
-        return {} if key is None else {"authorization": f"Bearer {key.reveal()}"}
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            headers = {"content-type": "application/json", "user-agent": USER_AGENT, **self._headers}
-            self._client = new_client(
-                base_url=self.base_url, headers=headers, timeout=self._timeout, max_connections=self._max_connections
-            )
-        return self._client
+    def _parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> errors.ProviderError:
+        return parse_error(status, headers, body, backend=self.name, kind=self.provider)
 
     # -- Provider protocol
 
@@ -657,15 +597,7 @@ class OpenAIProvider:
         Raises:
             ProviderError: a subclass naming what went wrong (``auth``, ``rate_limited``, ``protocol``...).
         """
-        auth = self._auth(request)
-        client = self._http()
-        body = to_wire(request, self.dialect)
-        with map_transport_errors(self.name):
-            response = await client.post(CHAT_PATH, content=body, headers=auth)
-        if not 200 <= response.status_code < 300:
-            raise parse_error(
-                response.status_code, response.headers, response.content, backend=self.name, kind=self.provider
-            )
+        response = await self._post(CHAT_PATH, to_wire(request, self.dialect), request)
         return from_wire(
             response.content,
             backend=self.name,
@@ -681,41 +613,28 @@ class OpenAIProvider:
             ProviderError: as ``complete``; also an error sent inside the stream, and ``protocol`` for
                 a stream cut short.
         """
-        auth = self._auth(request)
-        client = self._http()
         body = to_wire(request, self.dialect, stream=True)
         assembler = StreamAssembler(self.name, request.model, include_raw=request.include_raw)
-        with map_transport_errors(self.name):
-            async with client.stream("POST", CHAT_PATH, content=body, headers=auth) as response:
-                if not 200 <= response.status_code < 300:
-                    raw = await response.aread()
-                    raise parse_error(
-                        response.status_code, response.headers, raw, backend=self.name, kind=self.provider
-                    )
-                if not _is_event_stream(response):
-                    # Some servers answer a stream request with one JSON body: an error, or the whole answer.
-                    result = from_wire(
-                        await response.aread(),
-                        backend=self.name,
-                        requested_model=request.model,
-                        include_raw=request.include_raw,
-                    )
-                    if result.content:
-                        yield TextDelta(result.content)
-                    for i, call in enumerate(result.tool_calls or []):
-                        yield ToolCallDelta(index=i, id=call.id, name=call.name, arguments=call.arguments)
-                    yield result
-                    return
-                async with sse_events(response) as events:
-                    try:
-                        async for event in events:
-                            for item in assembler.feed(event.data):
-                                yield item
-                    except httpx.SSEError:
-                        raise _protocol(self.name, "an event in the stream is too large", "", status=200) from None
+        async with self._open_stream(CHAT_PATH, body, request) as response:
+            if not _is_event_stream(response):
+                # Some servers answer a stream request with one JSON body: an error, or the whole answer.
+                result = from_wire(
+                    await response.aread(),
+                    backend=self.name,
+                    requested_model=request.model,
+                    include_raw=request.include_raw,
+                )
+                if result.content:
+                    yield TextDelta(result.content)
+                for i, call in enumerate(result.tool_calls or []):
+                    yield ToolCallDelta(index=i, id=call.id, name=call.name, arguments=call.arguments)
+                yield result
+                return
+            async with sse_events(response) as events:
+                try:
+                    async for event in events:
+                        for item in assembler.feed(event.data):
+                            yield item
+                except httpx.SSEError:
+                    raise _protocol(self.name, "an event in the stream is too large", "", status=200) from None
         yield assembler.finish()
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
