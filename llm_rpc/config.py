@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "USUAL_KEY_ENVS",
     "BackendConfig",
+    "BudgetSettings",
     "ComplexitySettings",
     "Config",
     "ConfigSource",
@@ -223,6 +224,24 @@ class RoutingSettings(_Cfg):
     rules: list[RoutingRule] = field(default_factory=list)
 
 
+class BudgetSettings(_Cfg):
+    """``[budgets]``: where delegation-chain budgets live and how long they last (contracts/budgets.md)."""
+
+    #: ``memory``, ``sqlite:///relative/path``, ``sqlite:////absolute/path`` or ``redis://host:port/db``.
+    store: Annotated[str, Meta(pattern=r"^(memory|sqlite:///.+|rediss?://.*|unix://.+)$")] = "memory"
+    #: A call's reservation lasts its deadline plus this; a reservation not settled by then is released.
+    lease_seconds: PositiveFloat = 30.0
+    #: Closed and expired chains are kept this long (``budget.status`` still answers), then forgotten.
+    retention_seconds: NonNegative = 86400.0
+    #: The ``ttl_s`` of a chain opened without one (null: such chains last until closed).
+    default_ttl_seconds: PositiveFloat | None = 7 * 86400.0
+    #: Completion tokens held (and sent as ``max_tokens``) for a budgeted call that sets none.
+    default_max_tokens: PositiveInt = 1024
+    #: A call whose ``chain_id`` has no budget open: ``allow`` runs it without one (the id still groups
+    #: routing decisions); ``refuse`` answers ``budget_exceeded`` with ``reason: unknown_chain``.
+    unknown_chains: Literal["allow", "refuse"] = "allow"
+
+
 class Config(_Cfg):
     """The whole config file."""
 
@@ -230,6 +249,7 @@ class Config(_Cfg):
     backends: list[BackendConfig] = field(default_factory=list)
     models: list[ModelPrice] = field(default_factory=list)
     routing: RoutingSettings | None = None
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
 
 
 # The xml-pipeline router's `llm:` section, accepted as written (its own defaults included).
@@ -929,4 +949,5 @@ def config_summary(
     summary["models"] = msgspec.to_builtins(config.models)
     if config.routing is not None:
         summary["routing"] = msgspec.to_builtins(config.routing)
+    summary["budgets"] = msgspec.to_builtins(config.budgets)
     return summary

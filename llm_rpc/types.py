@@ -16,6 +16,9 @@ __all__ = [
     "BackendHealth",
     "BatchItem",
     "BatchSummary",
+    "BudgetHealth",
+    "BudgetOverrun",
+    "BudgetRemaining",
     "Capability",
     "Complexity",
     "ErrorObject",
@@ -215,6 +218,37 @@ class ExecuteResult(_Out):
     raw: msgspec.Raw | None = None
     #: The routing decision, when the call named no ``model`` and the ``[routing]`` policy chose.
     route: RouteDecision | None = None
+    #: The chain's budget after this call, when it ran on one (``chain_id``; contracts/budgets.md).
+    budget: BudgetRemaining | None = None
+
+
+class BudgetOverrun(_Out):
+    """Spend recorded beyond what was reserved (a provider that went past ``max_tokens``)."""
+
+    tokens: int = 0
+    usd: float = 0.0
+
+
+class BudgetRemaining(_Out):
+    """A chain's budget after a call: what a new call may still reserve (null: no such limit)."""
+
+    chain_id: str
+    remaining_tokens: int | None
+    remaining_usd: float | None
+    #: Present when this call spent more than it had reserved; recorded on the chain too.
+    overrun: BudgetOverrun | None = None
+
+
+class BudgetHealth(Struct, kw_only=True):
+    """The budget store as ``health`` reports it; ``recovered_*``: reservations found in flight at
+    start (SQLite, after a crash), settled at what they had reserved."""
+
+    #: ``memory``, ``sqlite`` or ``redis``.
+    store: str
+    location: str
+    recovered_reservations: int = 0
+    recovered_tokens: int = 0
+    recovered_usd: float = 0.0
 
 
 class BackendHealth(Struct, kw_only=True):
@@ -241,6 +275,7 @@ class HealthResult(_Out):
     uptime_s: float
     in_flight: int
     backends: list[BackendHealth]
+    budgets: BudgetHealth | None = None
 
 
 class UsageCounts(Struct, kw_only=True):
