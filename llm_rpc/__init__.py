@@ -14,6 +14,7 @@ from llm_rpc._version import __version__
 if TYPE_CHECKING:
     from llm_rpc.client import Client
     from llm_rpc.config import Config, load_config
+    from llm_rpc.core.budgets import BudgetTracker
     from llm_rpc.core.policy import RoutingPolicy
     from llm_rpc.core.router import Router
     from llm_rpc.errors import (
@@ -45,6 +46,7 @@ __all__ = [
     "BackendError",
     "BadRequestError",
     "BillingError",
+    "BudgetTracker",
     "Client",
     "Config",
     "ConfigError",
@@ -80,6 +82,7 @@ _LOCATIONS: dict[str, str] = {
     "Config": "llm_rpc.config",
     "load_config": "llm_rpc.config",
     "Router": "llm_rpc.core.router",
+    "BudgetTracker": "llm_rpc.core.budgets",
     "RoutingPolicy": "llm_rpc.core.policy",
     "Provider": "llm_rpc.providers.base",
     "ServeOptions": "llm_rpc.server",

@@ -29,6 +29,7 @@ request (decisions.md #8), so it is never cooled down and never sent the same re
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -45,6 +46,7 @@ from llm_rpc.config import BackendConfig, Config, load_config
 from llm_rpc.core._retry import Attempt, backoff_delay, final_error
 from llm_rpc.core._strategies import Route, pick
 from llm_rpc.core.batch import BatchOutcome, run_batch
+from llm_rpc.core.budgets import Ask, Budgets, BudgetTracker, CallBudget, ask_for
 from llm_rpc.core.metrics import Metrics
 from llm_rpc.core.policy import (
     BackendState,
@@ -184,6 +186,7 @@ class _Call:
         "est",
         "exhausted",
         "force",
+        "hold",
         "keys_tried",
         "model",
         "params",
@@ -233,6 +236,8 @@ class _Call:
         self.routing = 0.0
         self.queued = 0.0
         self.upstream_s = 0.0
+        # The chain's reservation for this call (contracts/budgets.md), from before it is sent to its end.
+        self.hold: CallBudget | None = None
 
     def estimate(self) -> int:
         if self.est < 0:
@@ -270,11 +275,13 @@ class Router:
             self.backends.append(Backend(bc, provider, bc.api_keys()))
         self.backends.sort(key=lambda b: b.config.priority)
         self.prices = PriceTable(self.config.models)
+        # Delegation-chain budgets (contracts/budgets.md): every call with a chain_id is held on its chain.
+        self.budgets = Budgets(self.config.budgets)
         # Routing policy (contracts/routing.md): a call without a model is routed by it when the config
         # has [routing]; built on first use. The budget store, when one is wired, is read before deciding.
         self._routing = self.config.routing is not None
         self._policy: RoutingPolicy | None = None
-        self.chain_budgets: ChainBudgets | None = None
+        self.chain_budgets: ChainBudgets | None = self.budgets
         log_path = decision_log or os.environ.get("LLM_RPC_DECISION_LOG") or None
         self.decision_log = DecisionLog(log_path) if log_path else None
         self._settings = self.config.router
@@ -453,7 +460,13 @@ class Router:
         return decision
 
     async def execute(
-        self, params: ExecuteParams | None = None, /, *, on_delta: DeltaSink | None = None, **kwargs: Any
+        self,
+        params: ExecuteParams | None = None,
+        /,
+        *,
+        on_delta: DeltaSink | None = None,
+        budget: BudgetTracker | None = None,
+        **kwargs: Any,
     ) -> ExecuteResult:
         """Run one call. Accepts an ``ExecuteParams`` or its fields as keywords.
 
@@ -462,7 +475,12 @@ class Router:
         {...}}``); the result is the same whole result. Until the first delta has been handed over a
         failing upstream still fails over; after it, an error ends the call (never a short answer).
 
+        With a ``chain_id`` (or ``budget``, a ``BudgetTracker`` shared with other calls) the call is
+        held on that chain's budget before it is sent, and settled at its real usage after; the
+        result's ``budget`` says what the chain has left.
+
         Raises:
+            LLMBudgetExceededError: the chain's budget refused the call; nothing was sent.
             NoRouteError: no backend serves the model.
             RequestTimeoutError: the request's deadline expired.
             RateLimitedError: with ``data.scope == "local"``: no backend could take the call before
@@ -475,11 +493,11 @@ class Router:
                 params = msgspec.convert(kwargs, ExecuteParams)
             except msgspec.ValidationError as exc:
                 raise TypeError(f"invalid execute arguments: {exc}") from None
-        budget = None
+        chain_state = None
         if self.chain_budgets is not None and self._routed(params):
-            budget = await self._budget(params.chain_id)
+            chain_state = await self._budget(params.chain_id)
         t0 = time.perf_counter()
-        call = self._call(params, budget)
+        call = self._call(params, chain_state)
         call.routing = time.perf_counter() - t0
         if params.stream:
             call.sink = on_delta if on_delta is not None else _ignore_delta
@@ -487,11 +505,16 @@ class Router:
         result: ExecuteResult | None = None
         with anyio.CancelScope(deadline=call.deadline):
             try:
+                if budget is not None or params.chain_id is not None:
+                    store = budget.store if budget is not None else None
+                    call.hold = await self.budgets.hold(self._budget_ask(call, budget), store)
                 result = await self._run(call)
             except errors.LLMError:
                 self.usage.failure(call.agent, call.model, [a.backend for a in call.attempts])
                 raise
             finally:
+                if call.hold is not None:
+                    await self.budgets.finish(call.hold, result)  # shielded: settles even when cancelled
                 self.metrics.call_stages(call.routing, call.queued, call.upstream_s)
         if result is None:
             data: dict[str, Any] = {"timeout_seconds": call.timeout, "backend": call.current}
@@ -502,6 +525,30 @@ class Router:
             self.usage.failure(call.agent, call.model, [a.backend for a in call.attempts])
             raise errors.RequestTimeoutError(f"request deadline of {call.timeout:g}s expired", **data)
         return result
+
+    def _budget_ask(self, call: _Call, tracker: BudgetTracker | None) -> Ask:
+        """What a budgeted call holds: its prompt (estimated) + ``max_tokens``, at the dearest price among
+        the backends that may serve it. A budgeted call always sends a ``max_tokens`` (the config's
+        ``[budgets] default_max_tokens`` when it set none), so no answer can outgrow its hold."""
+        request = call.request
+        if request.max_tokens is None:
+            request.max_tokens = self.budgets.default_max_tokens
+            call.est = -1
+        route = call.route
+        prices = [
+            self.prices.option_price(model, provider=b.config.provider, local=b.config.local)
+            for b, model in zip(route.backends, route.models, strict=True)
+        ]
+        chain_id = tracker.chain_id if tracker is not None else call.params.chain_id
+        assert chain_id is not None
+        return ask_for(
+            chain_id,
+            prompt_tokens=estimate_tokens(request.messages, 0),
+            max_tokens=request.max_tokens,
+            prices=prices,
+            lease_s=self.budgets.lease_for(call.timeout),
+            model=call.model,
+        )
 
     async def _run(self, call: _Call) -> ExecuteResult:
         settings = self._settings
@@ -697,6 +744,9 @@ class Router:
         limit = b.timeout
         remaining = call.deadline - started
         request.timeout = limit if limit is not None and limit < remaining else remaining
+        hold = call.hold
+        if hold is not None:
+            hold.sent = True  # from here, a call cut off has paid for its prompt
         b.in_flight += 1
         try:
             if limit is not None and limit < remaining:
@@ -707,6 +757,8 @@ class Router:
             else:
                 response = await self._complete(call, b, request)
         except errors.ProviderError as exc:
+            if hold is not None:
+                hold.sent = False  # the provider answered with an error: nothing to pay
             ended = anyio.current_time()
             call.upstream_s += ended - started
             self.metrics.upstream_call(b.name, request.model, exc.type, ended - started)
@@ -886,8 +938,11 @@ class Router:
         concurrency: int | None = None,
         chain_id: str | None = None,
         fail_fast: bool = False,
+        budget: BudgetTracker | None = None,
     ) -> BatchOutcome:
         """Run many calls at once; each item's result or error comes back in input order.
+
+        ``budget`` (a ``BudgetTracker``) holds every item on that budget, as ``execute(budget=...)``.
 
         Raises:
             TypeError: an item is not valid ``execute`` params.
@@ -902,7 +957,7 @@ class Router:
             except msgspec.ValidationError as exc:
                 raise TypeError(f"invalid execute_batch item: {exc}") from None
         return await run_batch(
-            self.execute,
+            self.execute if budget is None else functools.partial(self.execute, budget=budget),
             parsed,
             concurrency=concurrency or self.config.router.batch_concurrency,
             chain_id=chain_id,
@@ -919,6 +974,8 @@ class Router:
         """
         if params.stream or self._routed(params):
             return None  # a routed call decides (and logs its decision) once, on the task path
+        if params.chain_id is not None and not self.budgets.inline:
+            return None  # the budget store must be awaited
         t0 = time.perf_counter()
         call = self._call(params)
         now = anyio.current_time() if self._needs_clock else 0.0
@@ -930,10 +987,18 @@ class Router:
         respond = b.respond_nowait
         if respond is None or b.keys or b.needs_probe:
             return None
+        ask = self._budget_ask(call, None) if params.chain_id is not None else None
+        if b.limited and not self._fits(b, call, now):
+            return None
+        hold: CallBudget | None = None
+        if ask is not None:
+            try:
+                hold = self.budgets.hold_nowait(ask)
+            except errors.LLMError:
+                self.usage.failure(call.agent, call.model, [])
+                raise
         rpm_entry = tpm_entry = None
         if b.limited:
-            if not self._fits(b, call, now):
-                return None
             if b.slots is not None:
                 b.slots.try_acquire()
             if b.rpm is not None:
@@ -948,6 +1013,8 @@ class Router:
         try:
             response: ProviderResponse | None = respond(request)
         except errors.ProviderError as exc:
+            if hold is not None:
+                self.budgets.finish_nowait(hold, None)
             if exc.is_retryable and self._settings.retries > 0 and (len(route.backends) > 1 or not b.deterministic):
                 self._undo(b, now, rpm_entry, tpm_entry)
                 return None  # a retry follows: the task path makes this attempt again, and the rest
@@ -966,6 +1033,8 @@ class Router:
             b.in_flight -= 1
         if response is None:
             self._undo(b, now, rpm_entry, tpm_entry)
+            if hold is not None:
+                self.budgets.finish_nowait(hold, None)
             return None
         latency = time.perf_counter() - started
         metrics = self.metrics
@@ -978,7 +1047,10 @@ class Router:
         self._succeeded(b, latency, False)
         if tpm_entry is not None and b.tpm is not None:
             b.tpm.correct(tpm_entry, response.usage.total_tokens or call.estimate(), now)
-        return self._finish(call, b, response, latency * 1000)
+        result = self._finish(call, b, response, latency * 1000)
+        if hold is not None:
+            self.budgets.finish_nowait(hold, result)
+        return result
 
     @staticmethod
     def _undo(b: Backend, now: float, rpm_entry: list[float] | None, tpm_entry: list[float] | None) -> None:
@@ -1064,6 +1136,7 @@ class Router:
         for backend in self.backends:
             with anyio.CancelScope(shield=True):
                 await backend.provider.aclose()
+        await self.budgets.aclose()
 
     async def __aenter__(self) -> Router:
         return self

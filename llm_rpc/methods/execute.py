@@ -14,6 +14,7 @@ from llm_rpc.types import ExecuteParams, ExecuteResult
 __all__ = ["register"]
 
 EXECUTE_ERRORS = (
+    "budget_exceeded",
     "no_route",
     "timeout",
     "backend_error",
