@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         "--auth-token-env", default=None, metavar="VAR", help="require `auth` (HTTP: Bearer) with the token in $VAR"
     )
     serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio", help="anyio event loop")
+    serve.add_argument(
+        "--budget-store",
+        default=None,
+        metavar="URL",
+        help="where chain budgets live: memory, sqlite:///path or redis://host:port/db (default: the config's)",
+    )
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="json", choices=["json", "text"])
     serve.add_argument(
@@ -146,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         auth_token_env=args.auth_token_env,
         backend=args.backend,
+        budget_store=args.budget_store,
         http_max_connections=args.http_max_connections,
         http_keepalive_timeout=args.http_keepalive_timeout,
         http_header_timeout=args.http_header_timeout,

@@ -49,6 +49,8 @@ class ServeOptions:
     drain_timeout: float = 30.0
     auth_token_env: str | None = None
     backend: str = "asyncio"
+    #: ``--budget-store``: overrides the config's ``[budgets] store`` (contracts/budgets.md).
+    budget_store: str | None = None
     #: HTTP listeners' limits (contracts/http.md).
     http_max_connections: int = 1024
     http_keepalive_timeout: float = 60.0
@@ -141,6 +143,11 @@ async def serve(
     config = None
     if router is None:
         config = load_config(options.config, env_file=options.env_file)
+        if options.budget_store is not None:
+            import msgspec
+
+            budgets = msgspec.structs.replace(config.budgets, store=options.budget_store)
+            config = msgspec.structs.replace(config, budgets=budgets)
     elif options.env_file is not None:
         load_env_file(options.env_file)
     token = _auth_token(options)

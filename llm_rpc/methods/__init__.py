@@ -9,7 +9,7 @@ from llm_rpc import _codes
 from llm_rpc._secret import redact
 from llm_rpc.core.router import Router
 from llm_rpc.errors import LLMError
-from llm_rpc.methods import admin, batch, execute, metrics, route, usage
+from llm_rpc.methods import admin, batch, budget, execute, metrics, route, usage
 from llm_rpc.methods.admin import ServerHooks
 from llm_rpc.protocol import MethodTable, RpcError
 
@@ -24,6 +24,7 @@ def build_table(router: Router, server: ServerHooks) -> MethodTable:
     admin.register(table, router, server)
     usage.register(table, router)
     route.register(table, router)
+    budget.register(table, router)
     metrics.register(table, router, server)
     metrics.instrument(table, router.metrics)  # last: it wraps every method registered above
     return table

@@ -73,6 +73,7 @@ def register(table: MethodTable, router: Router, server: ServerHooks) -> None:
             uptime_s=round(time.monotonic() - server.started_at, 3),
             in_flight=server.in_flight(),
             backends=router.health(),
+            budgets=router.budgets.health(),
         )
 
     def shutdown(params: NoParams, ctx: RequestContext) -> ShutdownResult:
