@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 from llm_rpc.core.budgets import BudgetRequestError, BudgetStore, OpenSpec, to_nusd
@@ -292,3 +293,22 @@ async def test_usd_sums_are_exact_to_the_nano_dollar(store: BudgetStore) -> None
 def test_budget_errors_are_llm_errors() -> None:
     assert issubclass(LLMBudgetExceededError, LLMError)
     assert LLMBudgetExceededError.type == "budget_exceeded"
+
+
+async def test_operations_sent_together_keep_their_own_outcomes(store: BudgetStore) -> None:
+    await store.open(OpenSpec(chain_id="A", total_tokens=30))
+    outcomes: list[str] = []
+
+    async def spend(chain: str) -> None:
+        try:
+            await store.spend(chain, 1, 0)
+            outcomes.append("ok")
+        except LLMBudgetExceededError as exc:
+            outcomes.append(exc.data["reason"])
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for i in range(60):
+                tg.start_soon(spend, "A" if i % 4 else "ghost")
+    assert sorted(outcomes) == sorted(["ok"] * 30 + ["exceeds_budget"] * 15 + ["unknown_chain"] * 15)
+    assert (await store.status("A")).spent_tokens == 30

@@ -1,9 +1,11 @@
 """The Redis budget store: chains shared by every llm-rpc process pointed at one Redis (``redis://host:port/db``).
 
-Every operation is one call of one Lua script, ``llm_rpc_budget_v1`` (``SCRIPT``), so each
+Every operation is done by one Lua script, ``llm_rpc_budget_v1`` (``SCRIPT``), so each
 check-and-reserve is atomic on the Redis server: a reservation is checked and taken on every level
-of the chain at once, all or nothing. Leases, expiry and retention run on the Redis server's clock
-(``TIME``), never a process's. Nothing is cached here: one process or N, every check reads Redis.
+of the chain at once, all or nothing. Operations a process has waiting go to Redis together, as
+one call of the script that applies them one after the other (each atomic, and the call too).
+Leases, expiry and retention run on the Redis server's clock (``TIME``), never a process's. Nothing
+is cached here: one process or N, every check reads Redis.
 
 The script mirrors ``_ledger.refuse`` and the ``Ledger`` operations rule for rule; the budgets test
 suite runs against all three stores to keep them equal. Its version is its first line, hence in its
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 
+from llm_rpc.core.budgets._batch import Batcher, Pending
 from llm_rpc.core.budgets._ledger import (
     MAX_DEPTH,
     TOMBSTONE_SECONDS,
@@ -40,17 +44,12 @@ from llm_rpc.core.budgets._ledger import (
     Settlement,
     State,
     conflict,
-    exhausted,
     from_nusd,
     new_id,
-    remaining_of,
     status_of,
     to_nusd,
 )
 from llm_rpc.errors import LLMBudgetExceededError
-
-if TYPE_CHECKING:
-    import redis
 
 __all__ = ["PREFIX", "SCRIPT", "SCRIPT_NAME", "RedisBudgetStore"]
 
@@ -58,12 +57,13 @@ SCRIPT_NAME = "llm_rpc_budget_v1"
 PREFIX = "llm_rpc:budget:v1:"
 
 SCRIPT = """-- llm_rpc_budget_v1: every budget operation of llm-rpc, atomically (llm_rpc/core/budgets/_redis.py)
+-- ARGV: skew_ms, retention_ms, tombstone_ms, then operations: name, argument count, arguments...
+-- Returns one JSON reply per operation, in order; each operation is atomic (and so is the call).
 local P = KEYS[1]
-local op = ARGV[1]
 local tm = redis.call('TIME')
-local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000) + tonumber(ARGV[2])
-local retention = tonumber(ARGV[3])
-local tomb = tonumber(ARGV[4])
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000) + tonumber(ARGV[1])
+local retention = tonumber(ARGV[2])
+local tomb = tonumber(ARGV[3])
 
 local function fmt(n) return string.format('%d', n) end
 local function nz(v)
@@ -88,6 +88,12 @@ local function load(id)
   local pa = purge_at(c)
   if pa and pa <= now then return nil end
   return c
+end
+
+local function add(c, field, n)
+  if n == 0 then return end
+  redis.call('HINCRBY', P .. 'c:' .. c.id, field, fmt(n))
+  c[field] = fmt(tonumber(c[field]) + n)
 end
 
 local function touch(c)
@@ -135,6 +141,7 @@ local function drop_hold(h, state)
   redis.call('ZREM', P .. 'due', h.id)
   redis.call('HSET', P .. 'r:' .. h.id, 'state', state, 'done', fmt(now))
   redis.call('PEXPIREAT', P .. 'r:' .. h.id, now + tomb)
+  h.state = state
 end
 
 local function remaining(levels)
@@ -151,6 +158,20 @@ local function remaining(levels)
     end
   end
   return rt, ru
+end
+
+local function exhausted(levels)
+  for _, c in ipairs(levels) do
+    local tt, tu = nz(c.tt), nz(c.tu)
+    if (tt and tonumber(c.st) >= tt) or (tu and tonumber(c.su) >= tu) then return true end
+  end
+  return false
+end
+
+local function left(levels)
+  if not levels then return nil, nil end
+  local rt, ru = remaining(levels)
+  return rt and fmt(rt) or nil, ru and fmt(ru) or nil
 end
 
 local function earliest(id)
@@ -214,7 +235,194 @@ end
 
 local function view(levels)
   local id = levels[1].id
-  return {levels = levels, children = kids(id), in_flight = fmt(redis.call('ZCARD', P .. 'l:' .. id))}
+  return {levels = levels, children = kids(id), in_flight = fmt(redis.call('ZCARD', P .. 'l:' .. id)), now = fmt(now)}
+end
+
+local OPS = {}
+
+function OPS.open(a)
+  local id, spec, parent = a[1], a[2], a[3]
+  local existing = levels_of(id)
+  if existing then
+    if existing[1].spec ~= spec then return {error = 'conflict', existing = existing[1].spec} end
+    return view(existing)
+  end
+  local tt, tu = nz(a[4]), nz(a[5])
+  local ttl, dttl = nz(a[6]), nz(a[7])
+  local au = a[9]
+  local ex = nil
+  if ttl then ex = now + ttl end
+  local path = {id}
+  if parent == '' then
+    if not tt and not tu then return {error = 'no_totals'} end
+    if not ex and dttl then ex = now + dttl end
+    if au == '' then au = '0' end
+  else
+    local ps = levels_of(parent)
+    if not ps then return {error = 'unknown_parent', chain_id = parent} end
+    for _, p in ipairs(ps) do
+      if nz(p.cl) then return {error = 'parent_closed', chain_id = p.id} end
+      local pex = nz(p.ex)
+      if pex and now >= pex then return {error = 'parent_expired', chain_id = p.id} end
+    end
+    if #ps >= tonumber(a[11]) then return {error = 'too_deep'} end
+    local lt, lu = remaining(ps)
+    if tt and lt and tt > lt then
+      return {error = 'exceeds_parent', limit = 'total_tokens', remaining = fmt(lt), chain_id = parent}
+    end
+    if tu and lu and tu > lu then
+      return {error = 'exceeds_parent', limit = 'total_usd', remaining = fmt(lu), chain_id = parent}
+    end
+    if not tt then tt = lt end
+    if not tu then tu = lu end
+    if au == '' then au = ps[1].au end
+    local pex = nz(ps[1].ex)
+    if pex and (not ex or pex < ex) then ex = pex end
+    for _, anc in ipairs(cjson.decode(ps[1].path)) do path[#path + 1] = anc end
+  end
+  redis.call('DEL', P .. 'c:' .. id, P .. 'l:' .. id, P .. 'k:' .. id)
+  redis.call('HSET', P .. 'c:' .. id, 'parent', parent, 'path', cjson.encode(path),
+    'tt', tt and fmt(tt) or '', 'tu', tu and fmt(tu) or '', 'au', au, 'cr', fmt(now), 'ex', ex and fmt(ex) or '',
+    'ttl', a[10], 'meta', a[8], 'spec', spec, 'st', '0', 'su', '0', 'rt', '0', 'ru', '0', 'ot', '0',
+    'ou', '0', 'cl', '')
+  if parent ~= '' then
+    redis.call('SADD', P .. 'k:' .. parent, id)
+    touch(load(parent))
+  end
+  local levels = levels_of(id)
+  touch(levels[1])
+  return view(levels)
+end
+
+function OPS.reserve(a)
+  local id, tokens, nusd = a[1], tonumber(a[2]), nz(a[3])
+  local levels = levels_of(id)
+  if not levels then return {refused = {reason = 'unknown_chain', chain_id = id}} end
+  local r = check(levels, tokens, nusd, false)
+  if r then return {refused = r, levels = levels} end
+  nusd = nusd or 0
+  local rid, lease = a[5], now + tonumber(a[4])
+  local path = {}
+  for _, c in ipairs(levels) do
+    add(c, 'rt', tokens)
+    add(c, 'ru', nusd)
+    local lk = P .. 'l:' .. c.id
+    redis.call('ZADD', lk, lease, rid)
+    local pa = purge_at(c)
+    if pa then redis.call('PEXPIREAT', lk, pa) end
+    path[#path + 1] = c.id
+  end
+  redis.call('HSET', P .. 'r:' .. rid, 'chain', id, 'path', cjson.encode(path), 't', fmt(tokens), 'u', fmt(nusd),
+    'lease', fmt(lease), 'state', 'active', 'done', '', 'st', '0', 'su', '0', 'ot', '0', 'ou', '0')
+  redis.call('ZADD', P .. 'due', lease, rid)
+  return {rid = rid, lease = fmt(lease)}
+end
+
+function OPS.spend(a)
+  local id, tokens, nusd = a[1], tonumber(a[2]), tonumber(a[3])
+  local levels = levels_of(id)
+  if not levels then return {refused = {reason = 'unknown_chain', chain_id = id}} end
+  local r = check(levels, tokens, nusd, a[4] == '1')
+  if r then return {refused = r, levels = levels} end
+  local lt, lu = remaining(levels)
+  local ot = lt and math.max(0, tokens - lt) or 0
+  local ou = lu and math.max(0, nusd - lu) or 0
+  for _, c in ipairs(levels) do
+    add(c, 'st', tokens)
+    add(c, 'su', nusd)
+    add(c, 'ot', ot)
+    add(c, 'ou', ou)
+  end
+  local rt, ru = left(levels)
+  return {ot = fmt(ot), ou = fmt(ou), rt = rt, ru = ru, exhausted = exhausted(levels)}
+end
+
+local function outcome(h, levels)
+  local rt, ru = left(levels)
+  return {state = h.state, chain = h.chain, st = h.st, su = h.su, ot = h.ot, ou = h.ou, rt = rt, ru = ru}
+end
+
+function OPS.settle(a)
+  local rid = a[1]
+  local h = hold_load(rid)
+  if not h then return {state = 'unknown'} end
+  if h.state ~= 'active' and h.state ~= 'expired' then return outcome(h, levels_of(h.chain)) end
+  local late = h.state == 'expired'
+  local t, u = tonumber(a[2]), tonumber(a[3])
+  local ht, hu = tonumber(h.t), tonumber(h.u)
+  local ot, ou = math.max(0, t - ht), math.max(0, u - hu)
+  local levels = {}
+  for i, lid in ipairs(cjson.decode(h.path)) do
+    local c = load(lid)
+    if c then
+      if not late then
+        add(c, 'rt', -ht)
+        add(c, 'ru', -hu)
+      end
+      add(c, 'st', t)
+      add(c, 'su', u)
+      add(c, 'ot', ot)
+      add(c, 'ou', ou)
+      if levels then levels[#levels + 1] = c end
+    elseif i == 1 then
+      levels = nil
+    end
+    if not late then redis.call('ZREM', P .. 'l:' .. lid, rid) end
+  end
+  h.st, h.su, h.ot, h.ou = fmt(t), fmt(u), fmt(ot), fmt(ou)
+  local key = P .. 'r:' .. rid
+  if late then
+    h.state = 'settled_late'
+    redis.call('HSET', key, 'st', h.st, 'su', h.su, 'ot', h.ot, 'ou', h.ou, 'state', h.state)
+  else
+    h.state = 'settled'
+    redis.call('HSET', key, 'st', h.st, 'su', h.su, 'ot', h.ot, 'ou', h.ou, 'state', h.state, 'done', fmt(now))
+    redis.call('ZREM', P .. 'due', rid)
+    redis.call('PEXPIREAT', key, now + tomb)
+  end
+  return outcome(h, levels)
+end
+
+function OPS.release(a)
+  local h = hold_load(a[1])
+  if not h then return {state = 'unknown'} end
+  if h.state == 'active' then drop_hold(h, 'released') end
+  return outcome(h, levels_of(h.chain))
+end
+
+function OPS.status(a)
+  local levels = levels_of(a[1])
+  if not levels then return {error = 'unknown_chain'} end
+  return view(levels)
+end
+
+function OPS.close(a)
+  local id = a[1]
+  if not levels_of(id) then return {error = 'unknown_chain'} end
+  local stack = {id}
+  while #stack > 0 do
+    local c = load(table.remove(stack))
+    if c then
+      if c.cl == '' then
+        redis.call('HSET', P .. 'c:' .. c.id, 'cl', fmt(now))
+        c.cl = fmt(now)
+        touch(c)
+      end
+      for _, k in ipairs(kids(c.id)) do stack[#stack + 1] = k end
+    end
+  end
+  return view(levels_of(id))
+end
+
+function OPS.list(a)
+  local ids
+  if a[1] == '' then ids = redis.call('ZRANGE', P .. 'all', 0, -1) else ids = kids(a[1]) end
+  local items = {}
+  for _, cid in ipairs(ids) do
+    local levels = levels_of(cid)
+    if levels then items[#items + 1] = view(levels) end
+  end
+  return {items = items, now = fmt(now)}
 end
 
 -- Leases that ran out are released, and chains past retention leave the index, on every call.
@@ -226,181 +434,23 @@ for _, cid in ipairs(redis.call('ZRANGEBYSCORE', P .. 'all', '-inf', now, 'LIMIT
   if not load(cid) then redis.call('ZREM', P .. 'all', cid) end
 end
 
-if op == 'open' then
-  local id, spec, parent = ARGV[5], ARGV[6], ARGV[7]
-  local existing = levels_of(id)
-  if existing then
-    if existing[1].spec ~= spec then return enc({error = 'conflict', existing = existing[1].spec}) end
-    local v = view(existing)
-    v.now = fmt(now)
-    return enc(v)
-  end
-  local tt, tu = nz(ARGV[8]), nz(ARGV[9])
-  local ttl, dttl = nz(ARGV[10]), nz(ARGV[11])
-  local au = ARGV[13]
-  local ex = nil
-  if ttl then ex = now + ttl end
-  local path = {id}
-  if parent == '' then
-    if not tt and not tu then return enc({error = 'no_totals'}) end
-    if not ex and dttl then ex = now + dttl end
-    if au == '' then au = '0' end
+local replies = {}
+local i = 4
+while i <= #ARGV do
+  local name, n = ARGV[i], tonumber(ARGV[i + 1])
+  local a = {}
+  for j = 1, n do a[j] = ARGV[i + 1 + j] end
+  i = i + 2 + n
+  local fn = OPS[name]
+  local ok, reply = false, 'unknown operation'
+  if fn then ok, reply = pcall(fn, a) end
+  if ok then
+    replies[#replies + 1] = enc(reply)
   else
-    local ps = levels_of(parent)
-    if not ps then return enc({error = 'unknown_parent', chain_id = parent}) end
-    for _, p in ipairs(ps) do
-      if nz(p.cl) then return enc({error = 'parent_closed', chain_id = p.id}) end
-      local pex = nz(p.ex)
-      if pex and now >= pex then return enc({error = 'parent_expired', chain_id = p.id}) end
-    end
-    if #ps >= tonumber(ARGV[15]) then return enc({error = 'too_deep'}) end
-    local lt, lu = remaining(ps)
-    if tt and lt and tt > lt then
-      return enc({error = 'exceeds_parent', limit = 'total_tokens', remaining = fmt(lt), chain_id = parent})
-    end
-    if tu and lu and tu > lu then
-      return enc({error = 'exceeds_parent', limit = 'total_usd', remaining = fmt(lu), chain_id = parent})
-    end
-    if not tt then tt = lt end
-    if not tu then tu = lu end
-    if au == '' then au = ps[1].au end
-    local pex = nz(ps[1].ex)
-    if pex and (not ex or pex < ex) then ex = pex end
-    for _, a in ipairs(cjson.decode(ps[1].path)) do path[#path + 1] = a end
+    replies[#replies + 1] = enc({script_error = tostring(reply)})
   end
-  redis.call('DEL', P .. 'c:' .. id, P .. 'l:' .. id, P .. 'k:' .. id)
-  redis.call('HSET', P .. 'c:' .. id, 'parent', parent, 'path', cjson.encode(path),
-    'tt', tt and fmt(tt) or '', 'tu', tu and fmt(tu) or '', 'au', au, 'cr', fmt(now), 'ex', ex and fmt(ex) or '',
-    'ttl', ARGV[14], 'meta', ARGV[12], 'spec', spec, 'st', '0', 'su', '0', 'rt', '0', 'ru', '0', 'ot', '0',
-    'ou', '0', 'cl', '')
-  if parent ~= '' then
-    redis.call('SADD', P .. 'k:' .. parent, id)
-    touch(load(parent))
-  end
-  local levels = levels_of(id)
-  touch(levels[1])
-  local v = view(levels)
-  v.now = fmt(now)
-  return enc(v)
 end
-
-if op == 'reserve' or op == 'spend' then
-  local id = ARGV[5]
-  local tokens = tonumber(ARGV[6])
-  local nusd = nz(ARGV[7])
-  local levels = levels_of(id)
-  if not levels then return enc({refused = {reason = 'unknown_chain', chain_id = id}}) end
-  local r = check(levels, tokens, nusd, op == 'spend' and ARGV[8] == '1')
-  if r then return enc({refused = r, levels = levels, now = fmt(now)}) end
-  nusd = nusd or 0
-  if op == 'spend' then
-    local lt, lu = remaining(levels)
-    local ot = lt and math.max(0, tokens - lt) or 0
-    local ou = lu and math.max(0, nusd - lu) or 0
-    for _, c in ipairs(levels) do
-      local k = P .. 'c:' .. c.id
-      redis.call('HINCRBY', k, 'st', fmt(tokens))
-      redis.call('HINCRBY', k, 'su', fmt(nusd))
-      redis.call('HINCRBY', k, 'ot', fmt(ot))
-      redis.call('HINCRBY', k, 'ou', fmt(ou))
-    end
-    return enc({ot = fmt(ot), ou = fmt(ou), levels = levels_of(id), now = fmt(now)})
-  end
-  local rid = ARGV[9]
-  local lease = now + tonumber(ARGV[8])
-  local path = {}
-  for _, c in ipairs(levels) do
-    local k = P .. 'c:' .. c.id
-    redis.call('HINCRBY', k, 'rt', fmt(tokens))
-    redis.call('HINCRBY', k, 'ru', fmt(nusd))
-    redis.call('ZADD', P .. 'l:' .. c.id, lease, rid)
-    touch(c)
-    path[#path + 1] = c.id
-  end
-  redis.call('HSET', P .. 'r:' .. rid, 'chain', id, 'path', cjson.encode(path), 't', fmt(tokens), 'u', fmt(nusd),
-    'lease', fmt(lease), 'state', 'active', 'done', '', 'st', '0', 'su', '0', 'ot', '0', 'ou', '0')
-  redis.call('ZADD', P .. 'due', lease, rid)
-  return enc({rid = rid, lease = fmt(lease)})
-end
-
-if op == 'settle' or op == 'release' then
-  local rid = ARGV[5]
-  local h = hold_load(rid)
-  if not h then return enc({state = 'unknown'}) end
-  if op == 'release' and h.state == 'active' then
-    drop_hold(h, 'released')
-  elseif op == 'settle' and (h.state == 'active' or h.state == 'expired') then
-    local late = h.state == 'expired'
-    local t, u = tonumber(ARGV[6]), tonumber(ARGV[7])
-    local ht, hu = tonumber(h.t), tonumber(h.u)
-    local ot, ou = math.max(0, t - ht), math.max(0, u - hu)
-    for _, lid in ipairs(cjson.decode(h.path)) do
-      local k = P .. 'c:' .. lid
-      if redis.call('EXISTS', k) == 1 then
-        if not late then
-          redis.call('HINCRBY', k, 'rt', fmt(-ht))
-          redis.call('HINCRBY', k, 'ru', fmt(-hu))
-        end
-        redis.call('HINCRBY', k, 'st', fmt(t))
-        redis.call('HINCRBY', k, 'su', fmt(u))
-        redis.call('HINCRBY', k, 'ot', fmt(ot))
-        redis.call('HINCRBY', k, 'ou', fmt(ou))
-      end
-      if not late then redis.call('ZREM', P .. 'l:' .. lid, rid) end
-    end
-    local key = P .. 'r:' .. rid
-    redis.call('HSET', key, 'st', fmt(t), 'su', fmt(u), 'ot', fmt(ot), 'ou', fmt(ou))
-    if late then
-      redis.call('HSET', key, 'state', 'settled_late')
-    else
-      redis.call('HSET', key, 'state', 'settled', 'done', fmt(now))
-      redis.call('ZREM', P .. 'due', rid)
-      redis.call('PEXPIREAT', key, now + tomb)
-    end
-  end
-  h = hold_load(rid)
-  return enc({state = h.state, chain = h.chain, st = h.st, su = h.su, ot = h.ot, ou = h.ou,
-              levels = levels_of(h.chain) or {}})
-end
-
-if op == 'status' or op == 'close' then
-  local id = ARGV[5]
-  local levels = levels_of(id)
-  if not levels then return enc({error = 'unknown_chain'}) end
-  if op == 'close' then
-    local stack = {id}
-    while #stack > 0 do
-      local cid = table.remove(stack)
-      local c = load(cid)
-      if c then
-        if c.cl == '' then
-          redis.call('HSET', P .. 'c:' .. cid, 'cl', fmt(now))
-          c.cl = fmt(now)
-          touch(c)
-        end
-        for _, k in ipairs(kids(cid)) do stack[#stack + 1] = k end
-      end
-    end
-    levels = levels_of(id)
-  end
-  local v = view(levels)
-  v.now = fmt(now)
-  return enc(v)
-end
-
-if op == 'list' then
-  local parent, limit = ARGV[5], tonumber(ARGV[6])
-  local ids
-  if parent == '' then ids = redis.call('ZRANGE', P .. 'all', 0, -1) else ids = kids(parent) end
-  local items = {}
-  for _, cid in ipairs(ids) do
-    local levels = levels_of(cid)
-    if levels then items[#items + 1] = view(levels) end
-  end
-  return enc({items = items, now = fmt(now)})
-end
-
-return redis.error_reply('llm_rpc_budget_v1: unknown op ' .. tostring(op))
+return replies
 """
 
 
@@ -446,7 +496,8 @@ def _list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else []  # cjson encodes an empty table as {}
 
 
-def _view(reply: dict[str, Any], now: float) -> BudgetStatus:
+def _view(reply: dict[str, Any]) -> BudgetStatus:
+    now = int(reply["now"]) / 1000
     return status_of(_levels(reply), _list(reply.get("children")), int(reply.get("in_flight", 0)), now)
 
 
@@ -459,7 +510,12 @@ def _unavailable(store: str) -> LLMBudgetExceededError:
 
 
 class RedisBudgetStore:
-    """Budgets in Redis, shared by every process that points at it (``redis://host:port/db``)."""
+    """Budgets in Redis, shared by every process that points at it (``redis://host:port/db``).
+
+    Operations that arrive while a script call is in flight go together in the next call (``_batch``):
+    one round trip and one thread hop for all of them, each still checked and applied atomically by
+    the script on the server.
+    """
 
     kind = "redis"
     inline = False
@@ -471,7 +527,7 @@ class RedisBudgetStore:
         retention: float = 86400.0,
         default_ttl: float | None = None,
         prefix: str = PREFIX,
-        connections: int = 16,
+        max_batch: int = 64,
     ) -> None:
         import redis
 
@@ -482,17 +538,16 @@ class RedisBudgetStore:
         self._default_ttl_ms = str(math.ceil(default_ttl * 1000)) if default_ttl is not None else ""
         self._skew_ms = 0
         self._pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=connections, timeout=10, socket_timeout=10, socket_connect_timeout=5
+            url, max_connections=4, timeout=10, socket_timeout=10, socket_connect_timeout=5
         )
         self._client = redis.Redis(connection_pool=self._pool)
         self._script = self._client.register_script(SCRIPT)
         self._errors: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
-        self._limiter = anyio.CapacityLimiter(connections)
+        self._batcher = Batcher(self.run, max_batch)
 
     @property
     def location(self) -> str:
-        pool: redis.BlockingConnectionPool = self._pool
-        kw = pool.connection_kwargs
+        kw = self._pool.connection_kwargs
         if "path" in kw:
             return f"unix:{kw['path']}"
         return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
@@ -504,17 +559,27 @@ class RedisBudgetStore:
     def health(self) -> dict[str, int | float]:
         return {}
 
-    def run(self, op: str, *args: str | int) -> dict[str, Any]:
-        """One script call, blocking (a worker thread calls this)."""
+    def run(self, batch: list[Pending]) -> None:
+        """One script call for ``batch`` (blocking: a worker thread calls this); sets each outcome."""
+        args: list[str | int] = [self._skew_ms, self._retention_ms, self._tomb_ms]
+        for item in batch:
+            args += item.op
         try:
-            raw = self._script(keys=[self._prefix], args=[op, self._skew_ms, self._retention_ms, self._tomb_ms, *args])
+            replies = self._script(keys=[self._prefix], args=args)
         except self._errors:
-            raise _unavailable(f"redis at {self.location}") from None
-        reply: dict[str, Any] = json.loads(raw)
-        return reply
+            for item in batch:
+                item.error = _unavailable(f"redis at {self.location}")
+            return
+        for item, raw in zip(batch, replies, strict=True):
+            reply: dict[str, Any] = msgspec.json.decode(raw)
+            if "script_error" in reply:
+                item.error = RuntimeError(f"{SCRIPT_NAME}: {reply['script_error']}")
+            else:
+                item.result = reply
 
-    async def _call(self, op: str, *args: str | int) -> dict[str, Any]:
-        return await anyio.to_thread.run_sync(lambda: self.run(op, *args), limiter=self._limiter)
+    async def _call(self, name: str, *args: str | int) -> dict[str, Any]:
+        reply: dict[str, Any] = await self._batcher.submit([name, len(args), *args])
+        return reply
 
     async def open(self, spec: OpenSpec) -> BudgetStatus:
         reply = await self._call(
@@ -534,7 +599,7 @@ class RedisBudgetStore:
         error = reply.get("error")
         if error is not None:
             raise _open_error(error, reply, spec)
-        return _view(reply, int(reply["now"]) / 1000)
+        return _view(reply)
 
     async def reserve(
         self, chain_id: str, tokens: int, nusd: int | None, lease_s: float, *, model: str | None = None
@@ -557,15 +622,14 @@ class RedisBudgetStore:
         reply = await self._call("spend", chain_id, tokens, nusd, "1" if force else "0")
         if "refused" in reply:
             raise _refused(reply, chain_id, None)
-        levels = _levels(reply)
-        left_tokens, left_nusd = remaining_of(levels)
+        left_nusd = _int(reply.get("ru"))
         return BudgetSpendResult(
             chain_id=chain_id,
             tokens=tokens,
             usd=from_nusd(nusd),
             forced=force,
-            exhausted=exhausted(levels),
-            remaining_tokens=left_tokens,
+            exhausted=bool(reply["exhausted"]),
+            remaining_tokens=_int(reply.get("rt")),
             remaining_usd=from_nusd(left_nusd) if left_nusd is not None else None,
             overrun_tokens=int(reply["ot"]),
             overrun_usd=from_nusd(int(reply["ou"])),
@@ -586,14 +650,13 @@ class RedisBudgetStore:
                 chain_id=chain_id,
                 path="params.chain_id",
             )
-        return _view(reply, int(reply["now"]) / 1000)
+        return _view(reply)
 
     async def list_chains(
         self, parent_id: str | None = None, state: State | None = None, limit: int = 1000
     ) -> list[BudgetStatus]:
-        reply = await self._call("list", parent_id or "", limit)
-        now = int(reply["now"]) / 1000
-        items = [_view(item, now) for item in _list(reply.get("items"))]
+        reply = await self._call("list", parent_id or "")
+        items = [_view(item) for item in _list(reply.get("items"))]
         items.sort(key=lambda s: (s.created_at, s.chain_id))
         return [s for s in items if state is None or s.state == state][:limit]
 
@@ -628,7 +691,6 @@ def _refused(reply: dict[str, Any], chain_id: str, model: str | None) -> LLMBudg
 def _settlement(rid: str, reply: dict[str, Any]) -> Settlement:
     if reply["state"] == "unknown":
         return Settlement(rid, "unknown")
-    tokens, nusd = remaining_of(_levels(reply))
     return Settlement(
         rid,
         reply["state"],
@@ -637,8 +699,8 @@ def _settlement(rid: str, reply: dict[str, Any]) -> Settlement:
         int(reply["su"]),
         int(reply["ot"]),
         int(reply["ou"]),
-        tokens,
-        nusd,
+        _int(reply.get("rt")),
+        _int(reply.get("ru")),
     )
 
 

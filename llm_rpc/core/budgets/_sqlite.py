@@ -1,4 +1,4 @@
-"""The SQLite budget store: the same ledger (``_ledger.Ledger``) over tables, one transaction per operation.
+"""The SQLite budget store: the same ledger (``_ledger.Ledger``) over tables, in committed transactions.
 
 Every open, reservation, settlement and spend is committed (WAL) before the caller goes on, so a
 ``kill -9`` of the server loses nothing it acknowledged. ``synchronous = NORMAL``: a commit survives
@@ -7,8 +7,9 @@ On start, reservations still in flight (their server died) are settled at what t
 safe side, and ``health`` reports them.
 
 One server owns a database file at a time (an ``flock`` on ``PATH.lock``): several processes sharing
-chains is what the Redis store is for. The blocking ``sqlite3`` calls run on a worker thread, one at a
-time, never on the event loop.
+chains is what the Redis store is for. The blocking ``sqlite3`` calls run on a worker thread, one batch
+at a time, never on the event loop; operations that arrive together share one transaction and one commit
+(``_batch``), each in its own savepoint, and none is answered before that commit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from llm_rpc.core.budgets._batch import Batcher, Pending
 from llm_rpc.core.budgets._ledger import (
     BudgetSpendResult,
     BudgetStatus,
@@ -347,7 +349,7 @@ class SqliteBudgetStore:
         self._skew = 0.0
         self._clock = clock
         self._mutex = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
+        self._batcher = Batcher(self.run)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
@@ -398,11 +400,40 @@ class SqliteBudgetStore:
             db.execute("COMMIT")
             return result
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        def run() -> T:
-            return self._tx(fn, *args, **kwargs)
+    def run(self, batch: list[Pending]) -> None:
+        """Every operation of ``batch`` in one transaction, each in its own savepoint, then one commit
+        (a worker thread calls this). Nothing is answered before the commit."""
+        with self._mutex:
+            db, repo = self.db, self.repo
+            repo.reset()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for item in batch:
+                    fn, args, kwargs = item.op
+                    db.execute("SAVEPOINT op")
+                    try:
+                        item.result = fn(*args, **kwargs)
+                    except LLMError as exc:  # a refusal: keep what it swept (leases that ran out)
+                        item.error = exc
+                    except Exception as exc:
+                        db.execute("ROLLBACK TO op")
+                        repo.reset()
+                        item.error = exc
+                    repo.flush()
+                    db.execute("RELEASE op")
+                db.execute("COMMIT")
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                repo.reset()
+                for item in batch:
+                    item.result, item.error = None, exc
+                if not isinstance(exc, Exception):
+                    raise
 
-        return await anyio.to_thread.run_sync(run, limiter=self._limiter)
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        result: T = await self._batcher.submit((fn, args, kwargs))
+        return result
 
     async def open(self, spec: OpenSpec) -> BudgetStatus:
         return await self._call(self.ledger.open, spec)
@@ -438,7 +469,7 @@ class SqliteBudgetStore:
                 self.db.close()
 
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(close, limiter=self._limiter)
+            await anyio.to_thread.run_sync(close)
         self.close_sync()
 
     def close_sync(self) -> None:
