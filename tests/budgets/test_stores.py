@@ -255,7 +255,7 @@ async def test_closed_and_expired_chains_are_forgotten_after_retention(store: Bu
     for gone in ("closed", "kid", "short"):
         assert (await invalid(store.status(gone)))["reason"] == "unknown_chain"
     assert [s.chain_id for s in await store.list_chains()] == ["kept"]
-    store.advance(3601)  # a reservation that ran out is remembered an hour, for a late settle
+    store.advance(601)  # a reservation that ran out is remembered ten minutes, for a late settle
     assert (await store.settle(held.id, 1, 0)).state == "unknown"
     assert (await refusal(store.reserve("closed", 1, 0, LEASE)))["reason"] == "unknown_chain"
     reopened = await store.open(OpenSpec(chain_id="closed", total_tokens=20))

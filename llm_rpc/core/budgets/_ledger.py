@@ -58,7 +58,7 @@ NANO = 1_000_000_000
 #: How deep a delegation chain may nest (each level is touched by every reservation).
 MAX_DEPTH = 32
 #: How long a settled or released reservation is remembered, so a repeated settle or release is a no-op.
-TOMBSTONE_SECONDS = 3600.0
+TOMBSTONE_SECONDS = 600.0
 
 State = Literal["open", "exhausted", "closed", "expired"]
 Reason = Literal["exceeds_budget", "in_flight", "unpriced_model", "closed", "expired", "unknown_chain"]
