@@ -154,6 +154,12 @@ async def serve(
     own_router = router is None
     if router is None:
         router = Router(config)
+        try:
+            await router.budgets.start()  # a budget store that cannot open fails the start (contracts/budgets.md)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await router.aclose()
+            raise
     lifecycle = Lifecycle(options.drain_timeout, outbox_limit=options.max_outbox_bytes)
     server = _Server(lifecycle, token)
     dispatcher = Dispatcher(

@@ -110,6 +110,9 @@ class BudgetStore(Protocol):
     def advance(self, seconds: float) -> None:
         """Move the store's clock forward (tests only)."""
 
+    async def start(self) -> None:
+        """Get ready to serve (open a file, recover); otherwise the first operation does it."""
+
     async def aclose(self) -> None: ...
 
 
@@ -350,6 +353,14 @@ class Budgets:
             recovered_tokens=int(figures.get("recovered_tokens", 0)),
             recovered_usd=float(figures.get("recovered_usd", 0.0)),
         )
+
+    async def start(self) -> None:
+        """Open the store before serving: a store that cannot open fails the start, not a call.
+
+        Raises:
+            ConfigError: the store cannot be opened (a SQLite file another server holds).
+        """
+        await self.store.start()
 
     async def aclose(self) -> None:
         await self.store.aclose()

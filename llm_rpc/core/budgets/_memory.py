@@ -220,5 +220,8 @@ class MemoryBudgetStore:
                 out.append((chain_id, "usd", status.remaining_usd))
         return out[:limit]
 
+    async def start(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None

@@ -660,6 +660,9 @@ class RedisBudgetStore:
         items.sort(key=lambda s: (s.created_at, s.chain_id))
         return [s for s in items if state is None or s.state == state][:limit]
 
+    async def start(self) -> None:
+        return None  # connections are made on first use; an unreachable Redis refuses calls, retryably
+
     async def aclose(self) -> None:
         pool = self._pool
 

@@ -330,7 +330,11 @@ class SqliteRepo:
 
 
 class SqliteBudgetStore:
-    """Budgets in one SQLite file, durable across crashes (``sqlite:///path``)."""
+    """Budgets in one SQLite file, durable across crashes (``sqlite:///path``).
+
+    The file is opened (locked, migrated, its reservations in flight recovered) on a worker thread:
+    by ``start()``, which the server awaits before it serves, else by the first operation.
+    """
 
     kind = "sqlite"
     inline = False
@@ -344,22 +348,39 @@ class SqliteBudgetStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = sqlite_path(url)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file: int | None = _lock(self.path)
+        self._retention = retention
+        self._default_ttl = default_ttl
+        self._lock_file: int | None = None
         self._skew = 0.0
         self._clock = clock
-        self._mutex = threading.Lock()
+        self._mutex = threading.RLock()
         self._batcher = Batcher(self.run)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("PRAGMA busy_timeout = 5000")
-        db.executescript(_SCHEMA)
-        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-        self.db = db
-        self.repo = SqliteRepo(db)
-        self.ledger = Ledger(self.repo, self._now, retention=retention, default_ttl=default_ttl)
-        self.recovered: Recovered = self._tx(self.ledger.recover)
+        self._db: sqlite3.Connection | None = None
+        self._repo: SqliteRepo | None = None
+        self._ledger: Ledger | None = None
+        self.recovered = Recovered()
+
+    def _open(self) -> tuple[sqlite3.Connection, SqliteRepo, Ledger]:
+        """The open file (blocking: on a worker thread). Raises ConfigError if another server holds it."""
+        with self._mutex:
+            if self._db is None or self._repo is None or self._ledger is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_file = _lock(self.path)
+                db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+                db.execute("PRAGMA busy_timeout = 5000")
+                db.executescript(_SCHEMA)
+                db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+                repo = SqliteRepo(db)
+                ledger = Ledger(repo, self._now, retention=self._retention, default_ttl=self._default_ttl)
+                self._db, self._repo, self._ledger = db, repo, ledger
+                self.recovered = self._tx(ledger.recover)
+            return self._db, self._repo, self._ledger
+
+    async def start(self) -> None:
+        """Open the file now, so a locked file fails the start and ``health`` shows what was recovered."""
+        await anyio.to_thread.run_sync(self._open)
 
     def _now(self) -> float:
         return self._clock() + self._skew
@@ -383,7 +404,7 @@ class SqliteBudgetStore:
     def _tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` in one committed transaction. A refusal commits too: the leases it let run out stay out."""
         with self._mutex:
-            db, repo = self.db, self.repo
+            db, repo, _ = self._open()
             repo.reset()
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -404,15 +425,15 @@ class SqliteBudgetStore:
         """Every operation of ``batch`` in one transaction, each in its own savepoint, then one commit
         (a worker thread calls this). Nothing is answered before the commit."""
         with self._mutex:
-            db, repo = self.db, self.repo
+            db, repo, ledger = self._open()
             repo.reset()
             db.execute("BEGIN IMMEDIATE")
             try:
                 for item in batch:
-                    fn, args, kwargs = item.op
+                    name, args, kwargs = item.op
                     db.execute("SAVEPOINT op")
                     try:
-                        item.result = fn(*args, **kwargs)
+                        item.result = getattr(ledger, name)(*args, **kwargs)
                     except LLMError as exc:  # a refusal: keep what it swept (leases that ran out)
                         item.error = exc
                     except Exception as exc:
@@ -431,54 +452,59 @@ class SqliteBudgetStore:
                 if not isinstance(exc, Exception):
                     raise
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        result: T = await self._batcher.submit((fn, args, kwargs))
-        return result
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._batcher.submit((name, args, kwargs))
 
     async def open(self, spec: OpenSpec) -> BudgetStatus:
-        return await self._call(self.ledger.open, spec)
+        result: BudgetStatus = await self._call("open", spec)
+        return result
 
     async def reserve(
         self, chain_id: str, tokens: int, nusd: int | None, lease_s: float, *, model: str | None = None
     ) -> Reservation:
-        return await self._call(self.ledger.reserve, chain_id, tokens, nusd, lease_s, model=model)
+        result: Reservation = await self._call("reserve", chain_id, tokens, nusd, lease_s, model=model)
+        return result
 
     async def settle(self, reservation_id: str, tokens: int, nusd: int) -> Settlement:
-        return await self._call(self.ledger.settle, reservation_id, tokens, nusd)
+        result: Settlement = await self._call("settle", reservation_id, tokens, nusd)
+        return result
 
     async def release(self, reservation_id: str) -> Settlement:
-        return await self._call(self.ledger.release, reservation_id)
+        result: Settlement = await self._call("release", reservation_id)
+        return result
 
     async def spend(self, chain_id: str, tokens: int, nusd: int, *, force: bool = False) -> BudgetSpendResult:
-        return await self._call(self.ledger.spend, chain_id, tokens, nusd, force=force)
+        result: BudgetSpendResult = await self._call("spend", chain_id, tokens, nusd, force=force)
+        return result
 
     async def status(self, chain_id: str) -> BudgetStatus:
-        return await self._call(self.ledger.status, chain_id)
+        result: BudgetStatus = await self._call("status", chain_id)
+        return result
 
     async def close(self, chain_id: str) -> BudgetStatus:
-        return await self._call(self.ledger.close, chain_id)
+        result: BudgetStatus = await self._call("close", chain_id)
+        return result
 
     async def list_chains(
         self, parent_id: str | None = None, state: State | None = None, limit: int = 1000
     ) -> list[BudgetStatus]:
-        return await self._call(self.ledger.list_chains, parent_id, state, limit)
+        result: list[BudgetStatus] = await self._call("list_chains", parent_id, state, limit)
+        return result
 
     async def aclose(self) -> None:
-        def close() -> None:
-            with self._mutex:
-                self.db.close()
-
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(close)
-        self.close_sync()
+            await anyio.to_thread.run_sync(self.close_sync)
 
     def close_sync(self) -> None:
-        """Close the file and drop the lock (idempotent; also what a test calls to restart)."""
-        with contextlib.suppress(sqlite3.ProgrammingError), self._mutex:
-            self.db.close()
-        lock, self._lock_file = self._lock_file, None
-        if lock is not None:
-            os.close(lock)
+        """Close the file and drop the lock (idempotent)."""
+        with self._mutex:
+            db, self._db, self._repo, self._ledger = self._db, None, None, None
+            if db is not None:
+                with contextlib.suppress(sqlite3.ProgrammingError):
+                    db.close()
+            lock, self._lock_file = self._lock_file, None
+            if lock is not None:
+                os.close(lock)
 
 
 def _lock(path: Path) -> int | None:
