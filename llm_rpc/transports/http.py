@@ -1,4 +1,4 @@
-"""HTTP/1.1 on h11 over anyio sockets: JSON-RPC in a POST body, llm-connect's routes, and /metrics.
+"""HTTP/1.1 on httptools over anyio sockets: JSON-RPC in a POST body, llm-connect's routes, and /metrics.
 
 Routes (contracts/http.md is the client's manual):
 
@@ -19,6 +19,7 @@ of methods beyond the names it translates llm-connect's routes to.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -29,7 +30,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import h11
+import httptools
 import msgspec
 
 from llm_rpc.protocol.dispatch import Dispatcher, Session
@@ -236,42 +237,187 @@ class _Closed(Exception):
     """The connection cannot go on (the client left, or did not read its event stream)."""
 
 
-class _Head:
-    """What the routes need of a request's head, read in one pass over its headers."""
+class _BadHttp(Exception):
+    """A request that cannot be served: answered with ``status`` and the connection closed."""
 
-    __slots__ = ("accept_sse", "authorization", "content_length", "keep_alive", "method", "path")
+    def __init__(self, status: int, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.data = data
 
-    def __init__(self, request: h11.Request) -> None:
-        self.method = request.method
-        self.path = request.target.split(b"?", 1)[0]
+
+class _StopParsing(Exception):
+    """Raised in a callback to stop httptools at an error ``_Parser.error`` names."""
+
+
+class _Request:
+    """One request as the routes need it, filled in by ``_Parser``'s callbacks."""
+
+    __slots__ = (
+        "accept_sse",
+        "authorization",
+        "chunks",
+        "complete",
+        "content_length",
+        "expect_continue",
+        "has_host",
+        "head_bytes",
+        "head_done",
+        "http_1_0",
+        "keep_alive",
+        "method",
+        "path",
+        "size",
+        "target",
+        "too_large",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.path = b""
         self.content_length = -1
         self.accept_sse = False
         self.authorization: bytes | None = None
-        # As h11 decides it: HTTP/1.0, or "Connection: close", ends the connection after the response.
-        self.keep_alive = request.http_version >= b"1.1"
-        for raw_name, value in request.headers.raw_items():
-            name = raw_name.lower()
-            if name == b"content-length":
-                self.content_length = int(value)
-            elif name == b"accept":
-                self.accept_sse = _SSE in value
-            elif name == b"authorization":
-                self.authorization = value
-            elif name == b"connection" and b"close" in (t.strip().lower() for t in value.split(b",")):
-                self.keep_alive = False
+        self.expect_continue = False
+        self.has_host = False
+        self.keep_alive = True
+        self.http_1_0 = False
+        self.head_done = False
+        self.head_bytes = 0
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.too_large = False
+        self.complete = False
+
+    @property
+    def body(self) -> bytes:
+        chunks = self.chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _new_h11() -> h11.Connection:
-    return h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+class _Parser:
+    """httptools (llhttp) reads the bytes; these callbacks keep what the routes need.
+
+    Requests complete in order into ``ready``; the connection answers each before it reads on, so
+    what a pipelining client sends ahead waits here (at most a read's worth). A parse error is kept
+    until the requests completed before it have been answered. The head size limit counts the
+    head's bytes seen by the callbacks in the read that began it, then whole reads while it is
+    still incomplete (httptools buffers a header line until its end)."""
+
+    __slots__ = ("current", "error", "fresh", "max_body", "parser", "ready", "upgraded")
+
+    def __init__(self, max_body: int) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.max_body = max_body
+        self.ready: collections.deque[_Request] = collections.deque()
+        self.current: _Request | None = None
+        self.error: _BadHttp | None = None
+        self.fresh = False
+        self.upgraded = False
+
+    def feed(self, data: bytes) -> None:
+        if self.error is not None or self.upgraded:
+            return  # nothing after either is read
+        self.fresh = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgraded = True  # no protocol switch here: the request is answered, then the connection closes
+            return
+        except httptools.HttpParserCallbackError:
+            # Our own callbacks raise only after naming the error.
+            assert self.error is not None
+            return
+        except httptools.HttpParserError as exc:
+            self.error = _BadHttp(400, "malformed HTTP request", reason=str(exc))
+            return
+        current = self.current
+        if current is not None and not current.head_done:
+            if not self.fresh:
+                current.head_bytes += len(data)
+            if current.head_bytes > MAX_HEADER_BYTES:
+                self.error = _BadHttp(431, "request head larger than the limit", max_bytes=MAX_HEADER_BYTES)
+
+    def end_of_input(self) -> None:
+        """The client closed its side: a request it had begun is malformed."""
+        if self.current is not None and self.error is None:
+            self.error = _BadHttp(400, "malformed HTTP request", reason="connection closed mid-request")
+
+    # -- httptools callbacks ---------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.current = _Request()
+        self.fresh = True
+
+    def on_url(self, url: bytes) -> None:
+        request = self.current
+        assert request is not None
+        request.target += url
+        if self.fresh:
+            request.head_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.current
+        assert request is not None
+        if self.fresh:
+            request.head_bytes += len(name) + len(value) + 4
+        name = name.lower()
+        if name == b"content-length":
+            request.content_length = int(value)
+        elif name == b"accept":
+            request.accept_sse = _SSE in value
+        elif name == b"authorization":
+            request.authorization = value
+        elif name == b"host":
+            request.has_host = True
+        elif name == b"expect":
+            request.expect_continue = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        request = self.current
+        assert request is not None
+        parser = self.parser
+        request.head_done = True
+        request.method = parser.get_method()
+        request.path = request.target.split(b"?", 1)[0]
+        request.http_1_0 = parser.get_http_version() == "1.0"
+        request.keep_alive = parser.should_keep_alive()
+        if request.head_bytes > MAX_HEADER_BYTES:
+            self.error = _BadHttp(431, "request head larger than the limit", max_bytes=MAX_HEADER_BYTES)
+        elif not request.has_host and not request.http_1_0:
+            self.error = _BadHttp(400, "malformed HTTP request", reason="missing Host header")  # RFC 9112 3.2
+        if self.error is not None:
+            raise _StopParsing  # httptools re-raises it as HttpParserCallbackError
+        if request.content_length > self.max_body:
+            request.too_large = True
+
+    def on_body(self, body: bytes) -> None:
+        request = self.current
+        assert request is not None
+        request.size += len(body)
+        if request.size > self.max_body:
+            request.too_large = True
+            request.chunks.clear()
+        elif not request.too_large:
+            request.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self.current
+        assert request is not None
+        request.complete = True
+        self.ready.append(request)
+        self.current = None
 
 
 class _Connection:
     """One HTTP/1.1 connection: requests one after another, each answered before the next is read.
 
-    h11 parses every request (head, body framing, 100-continue, limits) with a fresh state machine
-    per request, fed what the previous one left over. Responses with a known length are written
-    directly: their every byte is ours (a status line, content-type, content-length). Event
-    streams go through h11, which frames them (chunked, or close-delimited for HTTP/1.0)."""
+    httptools parses the requests (head, body framing incl. chunked, keep-alive rules); ``_Parser``
+    adds the limits, the Host rule and 100-continue. Responses are written directly: their every
+    byte is ours (a status line, content-type, content-length), and an event stream is framed
+    chunked (close-delimited for HTTP/1.0)."""
 
     def __init__(
         self,
@@ -288,7 +434,10 @@ class _Connection:
         self.settings = settings
         self.stats = stats
         self.peer = peer
-        self.conn = _new_h11()
+        self.parser = _Parser(settings.max_message_bytes)
+        self.eof = False
+        #: The request being answered came as HTTP/1.0 (an event stream is then close-delimited).
+        self.http_1_0 = False
         self.timer = anyio.CancelScope()
         self.phase = _IDLE
         self.deadline_phase = ""
@@ -319,7 +468,7 @@ class _Connection:
                     self.lifecycle.register(self)  # type: ignore[arg-type]
                     try:
                         await self._serve()
-                    except h11.RemoteProtocolError as exc:
+                    except _BadHttp as exc:
                         await self._protocol_error(exc)
                     except (_Closed, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                         pass
@@ -354,73 +503,56 @@ class _Connection:
             data = await self.stream.receive(READ_CHUNK)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             data = b""
-        if phase == _IDLE and data:
-            self.phase = _HEAD
-        self.conn.receive_data(data)
+        if data:
+            if phase == _IDLE:
+                self.phase = _HEAD
+            self.parser.feed(data)
+        else:
+            self.eof = True
+            self.parser.end_of_input()
+
+    async def _next_request(self) -> _Request | None:
+        """The next whole request (or one already known to be too large); None once the client has
+        closed between requests.
+
+        Raises:
+            _BadHttp: the bytes are not HTTP, or break a limit of the head.
+        """
+        parser = self.parser
+        while True:
+            if parser.ready:
+                return parser.ready.popleft()
+            if parser.error is not None:
+                raise parser.error
+            if self.eof or parser.upgraded:
+                return None
+            current = parser.current
+            if current is not None and current.head_done:
+                if current.too_large:
+                    return current
+                self.phase = _BODY
+                if current.expect_continue:
+                    current.expect_continue = False
+                    await self.stream.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._receive()
 
     async def _serve(self) -> None:
-        empty = True  # nothing buffered for the next request yet: read before asking h11
+        parser = self.parser
         while not self.closing:
             self.phase = _IDLE
-            conn = self.conn
-            if empty:
-                await self._receive()
-            while True:
-                event = conn.next_event()
-                if event is not h11.NEED_DATA:
-                    break
-                await self._receive()
-            if not isinstance(event, h11.Request):
+            request = await self._next_request()
+            if request is None:
                 return  # the client closed the connection between requests
-            head = _Head(event)
-            if not head.keep_alive:
+            if not request.keep_alive or (parser.upgraded and not parser.ready):
                 self.closing = True
-            self.phase = _BODY
             self.stats.requests += 1
-            body = await self._read_body(head)
-            if body is None:
-                return  # answered (413) and closing
-            self.phase = _BUSY
-            await self._route(head, body)
-            if self.closing or self.conn.our_state is h11.MUST_CLOSE:
+            if request.too_large:
+                declared = request.content_length
+                await self._too_large(request, declared if declared > self.settings.max_message_bytes else None)
                 return
-            # The next request gets a fresh h11 state machine, fed what this one left unread.
-            data, closed = self.conn.trailing_data
-            self.conn = _new_h11()
-            empty = not (data or closed)
-            if data:
-                self.conn.receive_data(data)
-            if closed:
-                self.conn.receive_data(b"")
-
-    async def _read_body(self, head: _Head) -> bytes | None:
-        limit = self.settings.max_message_bytes
-        if head.content_length > limit:
-            await self._too_large(head, head.content_length)
-            return None
-        conn = self.conn
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                if conn.client_is_waiting_for_100_continue:
-                    await self.stream.send(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-                await self._receive()
-                continue
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > limit:
-                    await self._too_large(head, None)
-                    return None
-                chunks.append(bytes(event.data))
-                continue
-            if isinstance(event, h11.EndOfMessage):
-                break
-            raise h11.RemoteProtocolError("connection closed in the request body", error_status_hint=400)
-        if len(chunks) == 1:
-            return chunks[0]
-        return b"".join(chunks)
+            self.phase = _BUSY
+            self.http_1_0 = request.http_1_0
+            await self._route(request, request.body)
 
     # -- writing -------------------------------------------------------------------------------------
 
@@ -448,7 +580,7 @@ class _Connection:
             data += body
         await self.stream.send(data)
 
-    async def _too_large(self, head: _Head, declared: int | None) -> None:
+    async def _too_large(self, head: _Request, declared: int | None) -> None:
         limit = self.settings.max_message_bytes
         message = f"request body larger than max_message_bytes ({limit})"
         data: dict[str, Any] = {"limit": "max_message_bytes", "max_bytes": limit}
@@ -475,11 +607,14 @@ class _Connection:
                 except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return
 
-    async def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+    async def _protocol_error(self, exc: _BadHttp) -> None:
         if self.phase not in (_IDLE, _HEAD, _BODY):
             return
-        status = exc.error_status_hint
-        body = _http_error_body("malformed HTTP request", "invalid_http", status=status)
+        status = exc.status
+        if status == 431:
+            body = _http_error_body(exc.message, "message_too_large", limit="max_header_bytes", **exc.data)
+        else:
+            body = _http_error_body(exc.message, "invalid_http", status=status, **exc.data)
         self.closing = True
         with anyio.move_on_after(1.0), contextlib.suppress(OSError, anyio.BrokenResourceError):
             await self._respond(status, body)
@@ -494,7 +629,7 @@ class _Connection:
 
     # -- routing -------------------------------------------------------------------------------------
 
-    async def _route(self, head: _Head, body: bytes) -> None:
+    async def _route(self, head: _Request, body: bytes) -> None:
         method = head.method
         path = head.path
         settings = self.settings
@@ -528,7 +663,7 @@ class _Connection:
             body = _http_error_body("Not Found", "not_found", path=path.decode("latin-1"))
             await self._respond(404, body, head_only=head_only)
 
-    def _authorized(self, head: _Head) -> bool:
+    def _authorized(self, head: _Request) -> bool:
         check = self.settings.check_token
         value = head.authorization
         if check is None or value is None:
@@ -556,7 +691,7 @@ class _Connection:
 
     # -- JSON-RPC --------------------------------------------------------------------------------------
 
-    async def _rpc(self, head: _Head, body: bytes) -> None:
+    async def _rpc(self, head: _Request, body: bytes) -> None:
         body = body.strip()
         sse = head.accept_sse or _wants_stream(body)
         exchange, session = self._dispatch(body, sse)
@@ -628,8 +763,9 @@ class _Connection:
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             data = b""
         if data:
-            self.conn.receive_data(data)
+            self.parser.feed(data)
             return
+        self.eof = True
         log.info("peer disconnected: cancelling its requests", extra={"peer": self.peer})
         self.closing = True
         session.cancel_all("the client disconnected")
@@ -638,14 +774,21 @@ class _Connection:
         """Server-Sent Events: each notification of the request as it comes, then the reply.
 
         ``session`` is None when everything is already in the outbox."""
-        conn = self.conn
         events = exchange.events
         assert events is not None
-        headers = [(b"content-type", _SSE), (b"cache-control", b"no-cache")]
+        head = _STATUS_LINES[200] + b"content-type: text/event-stream\r\ncache-control: no-cache\r\n"
+        chunked = not self.http_1_0
+        if chunked:
+            head += b"transfer-encoding: chunked\r\n"
+        else:
+            self.closing = True  # HTTP/1.0: the stream ends when the connection does
         if self.closing:
-            headers.append((b"connection", b"close"))
+            head += b"connection: close\r\n"
         self.timer.deadline = math.inf
-        send = self.stream.send
+        stream_send = self.stream.send
+
+        async def send(data: bytes) -> None:
+            await stream_send(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
 
         def overflow() -> None:
             # The writer may be stuck in a send that never ends: the connection goes, now.
@@ -657,10 +800,10 @@ class _Connection:
 
         events.on_overflow = overflow
         try:
-            await send(conn.send(h11.Response(status_code=200, headers=headers)))
+            await stream_send(head + b"\r\n")
             if session is None:
                 while data := await events.get():
-                    await send(conn.send(h11.Data(data=data)))
+                    await send(data)
             else:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watch_disconnect, session)
@@ -669,13 +812,13 @@ class _Connection:
                         if self.closing:
                             wait_scope.deadline = anyio.current_time() + self.lifecycle.drain_timeout
                         while data := await events.get():
-                            await send(conn.send(h11.Data(data=data)))
+                            await send(data)
                     self.wait_scope = None
                     if wait_scope.cancelled_caught:
                         session.cancel_all("the server stopped before the request finished (drain timeout)")
                         with anyio.move_on_after(1.0):
                             while data := await events.get():
-                                await send(conn.send(h11.Data(data=data)))
+                                await send(data)
                     tg.cancel_scope.cancel()
                 session.closed = True
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -686,7 +829,8 @@ class _Connection:
         if events.overflowed or exchange.reply is None:
             raise _Closed
         self._write_deadline()
-        await send(conn.send(h11.EndOfMessage()))
+        if chunked:
+            await stream_send(b"0\r\n\r\n")
 
     # -- llm-connect -----------------------------------------------------------------------------------
 
