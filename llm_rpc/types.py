@@ -214,7 +214,18 @@ class ExecuteResult(_Out):
     native_finish_reason: str | None = None
     id: str | None = None
     attempts: int = 1
-    overhead_us: float | None = None
+    #: llm-rpc's own time for the call (contracts/execute.md, "What overhead_us counts").
+    overhead_us: (
+        Annotated[
+            float,
+            Meta(
+                description="llm-rpc's own time for this call, in microseconds: from the request's arrival to "
+                "its reply, less the upstream exchanges and the waits for limits, cooldowns and backoffs "
+                '(contracts/execute.md, "What overhead_us counts")'
+            ),
+        ]
+        | None
+    ) = None
     raw: msgspec.Raw | None = None
     #: The routing decision, when the call named no ``model`` and the ``[routing]`` policy chose.
     route: RouteDecision | None = None

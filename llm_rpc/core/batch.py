@@ -50,15 +50,20 @@ class BatchOutcome:
 
 
 async def run_batch(
-    execute: Callable[[ExecuteParams], Awaitable[ExecuteResult]],
+    execute: Callable[..., Awaitable[ExecuteResult]],
     items: Sequence[ExecuteParams],
     *,
     concurrency: int,
     chain_id: str | None = None,
     fail_fast: bool = False,
+    arrived: float | None = None,
 ) -> BatchOutcome:
-    """Run ``items`` through ``execute``; a batch-level ``chain_id`` applies to items that have none."""
+    """Run ``items`` through ``execute``; a batch-level ``chain_id`` applies to items that have none.
+
+    ``execute(item, arrived=...)`` is given the batch's arrival (default: now) moved on by the time
+    the item waited for a ``concurrency`` slot, so that wait is not counted in its ``overhead_us``."""
     started = time.perf_counter()
+    since = started if arrived is None else arrived
     outcomes: list[Outcome | None] = [None] * len(items)
     limiter = anyio.CapacityLimiter(concurrency)
 
@@ -68,8 +73,9 @@ async def run_batch(
             if chain_id is not None and item.chain_id is None:
                 item = _with_chain(item, chain_id)
             try:
+                queued = time.perf_counter()
                 async with limiter:
-                    outcomes[index] = await execute(item)
+                    outcomes[index] = await execute(item, arrived=since + (time.perf_counter() - queued))
             except errors.LLMError as exc:
                 outcomes[index] = exc
                 if fail_fast:

@@ -176,6 +176,12 @@ class Metrics:
         self.stage_sums[_ENCODE] += seconds
         self.stage_counts[_ENCODE] += 1
 
+    def encode_seconds(self) -> float:
+        """The mean time to encode an ``execute`` result so far (0.0 before the first): the estimate of
+        its encoding that a result's ``overhead_us`` includes (it cannot carry its own)."""
+        count = self.stage_counts[_ENCODE]
+        return self.stage_sums[_ENCODE] / count if count else 0.0
+
     def add_gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A figure read at snapshot time, exported as ``llm_rpc_<name>``."""
         self.gauges[name] = (help_text, read)

@@ -184,6 +184,7 @@ class _Call:
         "deadline",
         "decision",
         "est",
+        "excluded",
         "exhausted",
         "force",
         "hold",
@@ -197,6 +198,7 @@ class _Call:
         "routing",
         "sent",
         "sink",
+        "sink_s",
         "skip",
         "strategy",
         "timeout",
@@ -232,6 +234,10 @@ class _Call:
         # Streaming: where deltas go, and how many have gone (after the first, no failover).
         self.sink: DeltaSink | None = None
         self.sent = 0
+        self.sink_s = 0.0  # seconds spent handing deltas on (llm-rpc's work inside a stream's attempt)
+        # What overhead_us leaves out, in real seconds (perf_counter): the upstream exchanges of every
+        # attempt, and the waits made on purpose (limits, cooldowns, probes, backoffs).
+        self.excluded = 0.0
         # Where the time goes (metrics): seconds routing, queueing for limits, in upstream calls.
         self.routing = 0.0
         self.queued = 0.0
@@ -466,6 +472,7 @@ class Router:
         *,
         on_delta: DeltaSink | None = None,
         budget: BudgetTracker | None = None,
+        arrived: float | None = None,
         **kwargs: Any,
     ) -> ExecuteResult:
         """Run one call. Accepts an ``ExecuteParams`` or its fields as keywords.
@@ -479,6 +486,11 @@ class Router:
         held on that chain's budget before it is sent, and settled at its real usage after; the
         result's ``budget`` says what the chain has left.
 
+        The result's ``overhead_us`` is the time spent in llm-rpc from ``arrived`` (a
+        ``time.perf_counter()`` value: when a server read the request; default: this call) to the
+        result, less the upstream exchanges and the waits for limits, cooldowns and backoffs
+        (contracts/execute.md).
+
         Raises:
             LLMBudgetExceededError: the chain's budget refused the call; nothing was sent.
             NoRouteError: no backend serves the model.
@@ -488,6 +500,8 @@ class Router:
             ProviderError: the one attempt made failed (its own type).
             BackendError: two or more attempts failed; ``data.attempts`` lists them.
         """
+        if arrived is None:
+            arrived = time.perf_counter()
         if params is None:
             try:
                 params = msgspec.convert(kwargs, ExecuteParams)
@@ -524,6 +538,7 @@ class Router:
                 data["attempts"] = [a.to_data() for a in call.attempts]
             self.usage.failure(call.agent, call.model, [a.backend for a in call.attempts])
             raise errors.RequestTimeoutError(f"request deadline of {call.timeout:g}s expired", **data)
+        result.overhead_us = round((time.perf_counter() - arrived - call.excluded) * 1e6, 3)
         return result
 
     def _budget_ask(self, call: _Call, tracker: BudgetTracker | None) -> Ask:
@@ -568,7 +583,9 @@ class Router:
                 if best < 0:
                     if probe is not None:
                         call.waiting = "probe"
+                        waited = time.perf_counter()
                         await probe.wait()
+                        call.excluded += time.perf_counter() - waited
                         call.waiting = None
                         call.queued += anyio.current_time() - now
                         continue
@@ -585,7 +602,9 @@ class Router:
                     call.backoffs += 1
                 if at > now:
                     call.waiting = "backoff" if retrying else "cooldown"
+                    waited = time.perf_counter()
                     await anyio.sleep(at - now)
+                    call.excluded += time.perf_counter() - waited
                     call.waiting = None
                     call.queued += at - now
                 call.tried = 0  # a new round
@@ -670,7 +689,9 @@ class Router:
         waited = False
         if slots is not None and not slots.try_acquire():
             call.waiting = "max_concurrent"
+            waited_from = time.perf_counter()
             await slots.acquire()
+            call.excluded += time.perf_counter() - waited_from
             call.waiting = None
             queued_at, now = now, anyio.current_time()
             call.queued += now - queued_at
@@ -699,6 +720,7 @@ class Router:
                     tpm_entry = b.tpm.reserve(call.estimate(), at)
                 if at > now:
                     call.waiting = limit
+                    waited_from = time.perf_counter()
                     try:
                         await anyio.sleep(at - now)
                     except BaseException:
@@ -707,6 +729,7 @@ class Router:
                         if tpm_entry is not None and b.tpm is not None:
                             b.tpm.correct(tpm_entry, 0, at)
                         raise
+                    call.excluded += time.perf_counter() - waited_from
                     call.waiting = None
                     call.queued += at - now
                     waited = True
@@ -747,6 +770,9 @@ class Router:
         hold = call.hold
         if hold is not None:
             hold.sent = True  # from here, a call cut off has paid for its prompt
+        request.upstream_s = None
+        sink_before = call.sink_s
+        attempt_started = time.perf_counter()
         b.in_flight += 1
         try:
             if limit is not None and limit < remaining:
@@ -761,6 +787,7 @@ class Router:
                 hold.sent = False  # the provider answered with an error: nothing to pay
             ended = anyio.current_time()
             call.upstream_s += ended - started
+            call.excluded += _upstream_seconds(call, request, attempt_started, sink_before)
             self.metrics.upstream_call(b.name, request.model, exc.type, ended - started)
             self._failed(call, i, b, key, exc, ended, ended - started, probe)
             return None
@@ -780,6 +807,7 @@ class Router:
         ended = anyio.current_time()
         latency = ended - started
         call.upstream_s += latency
+        call.excluded += _upstream_seconds(call, request, attempt_started, sink_before)
         self.metrics.upstream_call(b.name, request.model, "ok", latency)
         self._succeeded(b, latency, probe)
         if tpm_entry is not None and b.tpm is not None:
@@ -815,7 +843,9 @@ class Router:
                         final = item
                     elif isinstance(item, TextDelta):
                         if item.content:
+                            handed = time.perf_counter()
                             sink(call.sent, {"content": item.content})
+                            call.sink_s += time.perf_counter() - handed
                             call.sent += 1
                     else:
                         tool_call: dict[str, Any] = {"index": item.index, "arguments": item.arguments}
@@ -823,7 +853,9 @@ class Router:
                             tool_call["id"] = item.id
                         if item.name is not None:
                             tool_call["name"] = item.name
+                        handed = time.perf_counter()
                         sink(call.sent, {"tool_call": tool_call})
+                        call.sink_s += time.perf_counter() - handed
                         call.sent += 1
         except errors.ProviderError as exc:
             if call.sent:
@@ -939,10 +971,13 @@ class Router:
         chain_id: str | None = None,
         fail_fast: bool = False,
         budget: BudgetTracker | None = None,
+        arrived: float | None = None,
     ) -> BatchOutcome:
         """Run many calls at once; each item's result or error comes back in input order.
 
         ``budget`` (a ``BudgetTracker``) holds every item on that budget, as ``execute(budget=...)``.
+        Each result's ``overhead_us`` counts from ``arrived`` (default: this call), less the item's
+        wait for a ``concurrency`` slot, its upstream exchanges and its waits for limits.
 
         Raises:
             TypeError: an item is not valid ``execute`` params.
@@ -962,9 +997,10 @@ class Router:
             concurrency=concurrency or self.config.router.batch_concurrency,
             chain_id=chain_id,
             fail_fast=fail_fast,
+            arrived=arrived,
         )
 
-    def execute_nowait(self, params: ExecuteParams) -> ExecuteResult | None:
+    def execute_nowait(self, params: ExecuteParams, arrived: float | None = None) -> ExecuteResult | None:
         """The result, if it can be had without waiting for anything (the mock with no latency).
 
         None means "use ``execute``". Same routing, limits, result and errors as ``execute``: the
@@ -977,6 +1013,8 @@ class Router:
         if params.chain_id is not None and not self.budgets.inline:
             return None  # the budget store must be awaited
         t0 = time.perf_counter()
+        if arrived is None:
+            arrived = t0
         call = self._call(params)
         now = anyio.current_time() if self._needs_clock else 0.0
         i = self._choose(call, now)
@@ -1050,6 +1088,8 @@ class Router:
         result = self._finish(call, b, response, latency * 1000)
         if hold is not None:
             self.budgets.finish_nowait(hold, result)
+        # An answer had without waiting has no upstream exchange: all of its time is llm-rpc's.
+        result.overhead_us = round((time.perf_counter() - arrived) * 1e6, 3)
         return result
 
     @staticmethod
@@ -1143,6 +1183,15 @@ class Router:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _upstream_seconds(call: _Call, request: ProviderRequest, started: float, sink_before: float) -> float:
+    """The upstream part of an attempt begun at ``started`` (perf_counter): what the provider measured
+    of its exchange, else the whole attempt less the time spent handing deltas on."""
+    measured = request.upstream_s
+    if measured is not None:
+        return measured
+    return time.perf_counter() - started - (call.sink_s - sink_before)
 
 
 def _now() -> float:

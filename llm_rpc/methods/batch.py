@@ -5,7 +5,14 @@ from __future__ import annotations
 from llm_rpc.core.router import Router
 from llm_rpc.errors import LLMError
 from llm_rpc.protocol import MethodTable, RequestContext
-from llm_rpc.types import BatchItem, BatchSummary, ErrorObject, ExecuteBatchParams, ExecuteBatchResult
+from llm_rpc.types import (
+    BatchItem,
+    BatchSummary,
+    ErrorObject,
+    ExecuteBatchParams,
+    ExecuteBatchResult,
+    ExecuteResult,
+)
 
 __all__ = ["register"]
 
@@ -25,8 +32,17 @@ def register(table: MethodTable, router: Router) -> None:
         ``{"ok": result}`` or ``{"error": {code, message, data}}``, so one failure never fails the
         batch; ``fail_fast`` cancels the rest after the first error."""
         outcome = await router.execute_batch(
-            params.items, concurrency=params.concurrency, chain_id=params.chain_id, fail_fast=params.fail_fast
+            params.items,
+            concurrency=params.concurrency,
+            chain_id=params.chain_id,
+            fail_fast=params.fail_fast,
+            arrived=ctx.arrived,
         )
+        # Each item's overhead_us also counts its own result's encoding, at the measured mean.
+        encode_us = router.metrics.encode_seconds() * 1e6
+        for result in outcome.outcomes:
+            if isinstance(result, ExecuteResult) and result.overhead_us is not None:
+                result.overhead_us = round(result.overhead_us + encode_us, 3)
         return ExecuteBatchResult(
             results=[to_item(o) for o in outcome.outcomes],
             summary=BatchSummary(

@@ -38,16 +38,16 @@ def register(table: MethodTable, router: Router) -> None:
         With ``stream: true``, each piece of the answer goes out first as an ``execute.delta``
         notification ``{request_id, index, delta}``, then this reply with the whole result."""
         if not params.stream:
-            return await router.execute(params)
+            return await router.execute(params, arrived=ctx.arrived)
         request_id = msgspec.Raw(ctx.request_id) if ctx.request_id is not None else None
 
         def on_delta(index: int, delta: dict[str, Any]) -> None:
             ctx.notify("execute.delta", {"request_id": request_id, "index": index, "delta": delta})
 
-        return await router.execute(params, on_delta=on_delta)
+        return await router.execute(params, on_delta=on_delta, arrived=ctx.arrived)
 
     def execute_nowait(params: ExecuteParams, ctx: RequestContext) -> ExecuteResult | object:
-        result = router.execute_nowait(params)
+        result = router.execute_nowait(params, ctx.arrived)
         return NOT_INLINE if result is None else result
 
     table.add(

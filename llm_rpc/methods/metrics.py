@@ -112,7 +112,17 @@ def instrument(table: MethodTable, metrics: Metrics) -> None:
                 method.try_inline = _try_inline(method, metrics, staged)
 
 
+def _add_encoding(result: Any, sums: list[float], counts: list[int]) -> None:
+    """A result about to be encoded: its ``overhead_us`` gets the mean encoding time so far."""
+    overhead = getattr(result, "overhead_us", None)
+    if overhead is not None:
+        count = counts[_ENCODE]
+        if count:
+            result.overhead_us = round(overhead + sums[_ENCODE] / count * 1e6, 3)
+
+
 def _encoded(result: Any, metrics: Metrics) -> msgspec.Raw:
+    _add_encoding(result, metrics.stage_sums, metrics.stage_counts)
     start = _perf()
     raw = msgspec.Raw(_encode(result))
     metrics.encoded(_perf() - start)
@@ -159,6 +169,7 @@ def _try_inline(method: Method, metrics: Metrics, staged: bool) -> Any:
             if result is NOT_INLINE:
                 return result  # the async handler runs, and counts
             if staged:
+                _add_encoding(result, sums, counts)
                 encoding = _perf()
                 result = msgspec.Raw(_encode(result))
                 end = _perf()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ log = logging.getLogger("llm_rpc.protocol")
 _ABSENT = msgspec.Raw()
 _NULL_ID = b"null"
 _ID_START = frozenset(b'"-0123456789n')
+_perf = time.perf_counter
 
 
 class _Envelope(msgspec.Struct):
@@ -150,16 +152,21 @@ class Session:
     def handle_frame_error(self, err: FrameError) -> None:
         self._send(_error_body(_NULL_ID, err.code, err.message, err.data))
 
-    def handle_frame(self, frame: bytes) -> None:
-        """Process one framed message: answer at once, or start the task that will."""
+    def handle_frame(self, frame: bytes, arrived: float | None = None) -> None:
+        """Process one framed message: answer at once, or start the task that will.
+
+        ``arrived``: ``time.perf_counter()`` when the transport read the message's bytes (default:
+        now); handlers see it as ``RequestContext.arrived``, the start of a result's ``overhead_us``."""
+        if arrived is None:
+            arrived = _perf()
         if frame[:1] == b"[":
-            self._handle_batch(frame)
+            self._handle_batch(frame, arrived)
             return
-        reply = self._handle_single(frame, None, 0)
+        reply = self._handle_single(frame, None, 0, arrived)
         if reply is not None:
             self._send(reply)
 
-    def _handle_single(self, frame: bytes, batch: _Batch | None, index: int) -> bytes | None:
+    def _handle_single(self, frame: bytes, batch: _Batch | None, index: int, arrived: float) -> bytes | None:
         """Returns an immediate reply, or None (a notification, or a task now owns the reply)."""
         try:
             env = _envelope_decoder.decode(frame)
@@ -244,11 +251,11 @@ class Session:
             )
         dispatcher.requests_total += 1
         if method.inline:
-            ctx = RequestContext(self, None if is_notification else id_bytes)
+            ctx = RequestContext(self, None if is_notification else id_bytes, arrived)
             reply = self._call_inline(method, params, ctx, id_bytes)
             return None if is_notification else reply
         if method.try_inline is not None:
-            ctx = RequestContext(self, None if is_notification else id_bytes)
+            ctx = RequestContext(self, None if is_notification else id_bytes, arrived)
             try:
                 result = method.try_inline(params, ctx)
             except Exception as exc:
@@ -260,7 +267,7 @@ class Session:
         self._started()
         if batch is not None and not is_notification:
             batch.pending += 1
-        self._tg.start_soon(self._run, method, params, id_bytes, is_notification, batch, index)
+        self._tg.start_soon(self._run, method, params, id_bytes, is_notification, batch, index, arrived)
         return None
 
     def _decode_params(self, method: Method, raw: msgspec.Raw) -> Any:
@@ -321,7 +328,7 @@ class Session:
             {"type": "invalid_request", "reason": "not a request object"},
         )
 
-    def _handle_batch(self, frame: bytes) -> None:
+    def _handle_batch(self, frame: bytes, arrived: float) -> None:
         try:
             items = _batch_decoder.decode(frame)
         except (msgspec.DecodeError, UnicodeDecodeError):
@@ -346,7 +353,7 @@ class Session:
             return
         batch = _Batch(self, len(items))
         for index, item in enumerate(items):
-            reply = self._handle_single(bytes(item), batch, index)
+            reply = self._handle_single(bytes(item), batch, index, arrived)
             if reply is not None:
                 batch.replies[index] = reply
         batch.sealed = True
@@ -387,6 +394,7 @@ class Session:
         is_notification: bool,
         batch: _Batch | None,
         index: int,
+        arrived: float,
     ) -> None:
         key: Any = None
         reply: bytes
@@ -395,7 +403,7 @@ class Session:
                 if not is_notification:
                     key = _id_key(id_bytes)
                     self._in_flight[key] = scope
-                ctx = RequestContext(self, None if is_notification else id_bytes)
+                ctx = RequestContext(self, None if is_notification else id_bytes, arrived)
                 try:
                     result = await method.handler(params, ctx)
                     reply = self._encode_result(id_bytes, result, method.name)

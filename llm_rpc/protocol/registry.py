@@ -7,6 +7,7 @@ are generated from the same entries.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,13 +21,16 @@ __all__ = ["NOT_INLINE", "Method", "MethodTable", "RequestContext"]
 
 
 class RequestContext:
-    """What a handler may know of the request it serves: its id, its connection, a way to notify."""
+    """What a handler may know of the request it serves: its id, its connection, a way to notify,
+    and when it arrived (``time.perf_counter()`` when the transport read its bytes; for
+    ``overhead_us``)."""
 
-    __slots__ = ("request_id", "session")
+    __slots__ = ("arrived", "request_id", "session")
 
-    def __init__(self, session: Session, request_id: Any) -> None:
+    def __init__(self, session: Session, request_id: Any, arrived: float | None = None) -> None:
         self.session = session
         self.request_id = request_id
+        self.arrived = time.perf_counter() if arrived is None else arrived
 
     def notify(self, method: str, params: Any) -> None:
         """Send a notification to this request's client (e.g. stream deltas), in order, never interleaved."""

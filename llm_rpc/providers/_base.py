@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -48,6 +49,7 @@ USER_AGENT = f"llm-rpc/{__version__}"
 DRAIN_EVENTS = 16
 
 _json_decoder = msgspec.json.Decoder()
+_perf = time.perf_counter
 
 
 # -- reading OpenAI-style input ------------------------------------------------------------------------------
@@ -292,7 +294,9 @@ class HttpBackend:
         auth = self._auth(request)
         client = self._http()
         with map_transport_errors(self.name):
+            started = _perf()
             response = await client.post(path, content=body, headers=auth)
+            request.upstream_s = _perf() - started
         if not response.is_success:
             raise self._parse_error(response.status_code, response.headers, response.content)
         return response

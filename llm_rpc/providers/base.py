@@ -42,6 +42,10 @@ class ProviderRequest:
     #: The key for this attempt, chosen by the router when the backend has several (``api_key_envs``);
     #: a provider uses it instead of its own. None: the provider's own key.
     api_key: Secret | None = None
+    #: Set by the provider during an attempt: the seconds of the upstream exchange itself (from sending
+    #: the request to the whole answer read), which ``overhead_us`` leaves out. None: not measured, and
+    #: the whole attempt counts as upstream. The router clears it before each attempt.
+    upstream_s: float | None = None
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ with any error ``fail_type``.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -128,9 +129,14 @@ class MockProvider:
 
     async def complete(self, request: ProviderRequest) -> ProviderResponse:
         options = self._options(request)
+        waited = 0.0
         if options.latency_ms > 0:
+            # The simulated upstream: the only time of the call that is not llm-rpc's (overhead_us).
+            started = time.perf_counter()
             await anyio.sleep(options.latency_ms / 1000)
+            waited = time.perf_counter() - started
         self._maybe_fail(request, options)
+        request.upstream_s = waited
         return self.respond(request)
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamItem]:

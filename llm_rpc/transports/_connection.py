@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -180,11 +181,13 @@ async def serve_connection(
 
 async def _read_loop(channel: ByteChannel, session: Session, framer_slot: list[Framer], max_bytes: int) -> None:
     pending = b""
+    perf = time.perf_counter
     while True:
         try:
             data = await channel.receive(READ_CHUNK)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return
+        arrived = perf()  # every message in this chunk arrived now (for overhead_us)
         if not framer_slot:
             pending += data
             framer = detect_framer(pending, max_bytes)
@@ -196,7 +199,7 @@ async def _read_loop(channel: ByteChannel, session: Session, framer_slot: list[F
         for item in framer_slot[0].feed(data):
             try:
                 if isinstance(item, bytes):
-                    session.handle_frame(item)
+                    session.handle_frame(item, arrived)
                 else:
                     session.handle_frame_error(item)
             except Exception:

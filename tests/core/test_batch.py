@@ -104,9 +104,9 @@ async def test_a_batch_chain_id_applies_to_items_without_one() -> None:
     async with Router() as router:
         original = router.execute
 
-        async def spy(params: Any) -> ExecuteResult:
+        async def spy(params: Any, **kwargs: Any) -> ExecuteResult:
             seen.append(params.chain_id)
-            return await original(params)
+            return await original(params, **kwargs)
 
         router.execute = spy  # type: ignore[method-assign, assignment]
         await router.execute_batch([{"prompt": "a"}, {"prompt": "b", "chain_id": "own"}], chain_id="batch-chain")
