@@ -1,4 +1,4 @@
-"""The HTTP client every provider uses: httpx's API, from the httpx2 distribution.
+"""The HTTP client every provider uses: httpx's API, from the httpx2 distribution, over aiohttp on asyncio.
 
 httpx 0.28 over httpcore 1.0.9 collapses under concurrency: its pool does work quadratic in its
 connections, so against a local upstream it gives 16-49 req/s at 256 calls in flight and 200 ms
@@ -6,20 +6,27 @@ connections, so against a local upstream it gives 16-49 req/s at 256 calls in fl
 asyncio and trio, and gives 98-99% of the ideal at 64 in flight and 200 ms on both (the issue 3
 target is 85%), about 800 req/s at 256. The pool is wide and all kept alive: httpx's default
 Limits (100 connections, 20 kept alive) cap 256 in flight at 200 ms near 480 req/s.
+Its transport still costs about 0.9 ms of CPU per call, so on asyncio the bytes go through
+aiohttp instead (``_aiohttp.AiohttpTransport``, behind the same httpx API); on trio through
+httpx2's own pool, split in eight (``ShardedTransport``). ``UpstreamTransport`` picks per call.
 contracts/decisions.md has the numbers (``bench/http_clients.py``).
 Imported only when a real provider is built: the mock path never pays for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2 as httpx
 
-__all__ = ["ShardedTransport", "httpx", "new_client"]
+if TYPE_CHECKING:
+    from llm_rpc.providers._aiohttp import AiohttpTransport
+
+__all__ = ["ShardedTransport", "UpstreamTransport", "httpx", "new_client"]
 
 #: How many independent connection pools one backend's client spreads its requests over.
 POOL_SHARDS = 8
@@ -42,6 +49,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, *, limits: httpx.Limits, shards: int = POOL_SHARDS) -> None:
         total = limits.max_connections or 1000
+        shards = max(1, min(shards, total))  # never more connections than the limit
         per_shard = max(1, math.ceil(total / shards))
         keepalive = limits.max_keepalive_connections
         shard_limits = httpx.Limits(
@@ -65,21 +73,71 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             await pool.aclose()
 
 
+class UpstreamTransport(httpx.AsyncBaseTransport):
+    """The transport for the event loop a call runs on, chosen per call and built on first use.
+
+    asyncio: ``AiohttpTransport`` (about a third of httpx2's CPU per call; aiohttp is asyncio
+    only), one per event loop: a client kept across ``asyncio.run`` calls gets a fresh session on
+    the new loop. trio (any loop but asyncio's): ``ShardedTransport``. ``use_aiohttp=False``
+    keeps httpx2's transport on asyncio too (for comparisons).
+    """
+
+    def __init__(self, *, limits: httpx.Limits, use_aiohttp: bool = True) -> None:
+        self._limits = limits
+        self._use_aiohttp = use_aiohttp
+        self._aiohttp: AiohttpTransport | None = None
+        self._httpx: ShardedTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._use_aiohttp:
+            loop = asyncio.events._get_running_loop()  # None under trio: no asyncio loop in this thread
+            if loop is not None:
+                transport = self._aiohttp
+                if transport is None or transport.loop is not loop:
+                    transport = self._new_aiohttp(transport)
+                return await transport.handle_async_request(request)
+        pool = self._httpx
+        if pool is None:
+            pool = self._httpx = ShardedTransport(limits=self._limits)
+        return await pool.handle_async_request(request)
+
+    def _new_aiohttp(self, old: AiohttpTransport | None) -> AiohttpTransport:
+        from llm_rpc.providers._aiohttp import AiohttpTransport
+
+        if old is not None:
+            old.abandon()
+        self._aiohttp = AiohttpTransport(limits=self._limits, ssl_context=_ssl_context())
+        return self._aiohttp
+
+    async def aclose(self) -> None:
+        aio, self._aiohttp = self._aiohttp, None
+        pool, self._httpx = self._httpx, None
+        if aio is not None:
+            if asyncio.events._get_running_loop() is aio.loop:
+                await aio.aclose()
+            else:
+                aio.abandon()
+        if pool is not None:
+            await pool.aclose()
+
+
 def new_client(
     *,
     base_url: str,
     headers: dict[str, str] | None = None,
     timeout: float | None = 120.0,
     max_connections: int | None = None,
+    use_aiohttp: bool = True,
     **kwargs: Any,
 ) -> httpx.AsyncClient:
-    """One pooled keep-alive client per backend, closed by the backend's ``aclose``."""
+    """One pooled keep-alive client per backend, closed by the backend's ``aclose``; ``use_aiohttp``
+    as for ``UpstreamTransport``."""
     limits = httpx.Limits(
         max_connections=max_connections or 1000,
         max_keepalive_connections=max_connections or 1000,
         keepalive_expiry=30.0,
     )
-    kwargs.setdefault("transport", ShardedTransport(limits=limits))
+    kwargs.setdefault("transport", UpstreamTransport(limits=limits, use_aiohttp=use_aiohttp))
     return httpx.AsyncClient(
         base_url=base_url,
         headers=headers,
