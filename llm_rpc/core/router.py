@@ -515,14 +515,17 @@ class Router:
         call.routing = time.perf_counter() - t0
         if params.stream:
             call.sink = on_delta if on_delta is not None else _ignore_delta
-        call.deadline = anyio.current_time() + call.timeout
+        now: float | None = anyio.current_time()  # each read of the loop's clock costs a microsecond or two
+        assert now is not None
+        call.deadline = now + call.timeout
         result: ExecuteResult | None = None
         with anyio.CancelScope(deadline=call.deadline):
             try:
                 if budget is not None or params.chain_id is not None:
                     store = budget.store if budget is not None else None
                     call.hold = await self.budgets.hold(self._budget_ask(call, budget), store)
-                result = await self._run(call)
+                    now = None  # time has passed
+                result = await self._run(call, now)
             except errors.LLMError:
                 self.usage.failure(call.agent, call.model, [a.backend for a in call.attempts])
                 raise
@@ -565,11 +568,13 @@ class Router:
             model=call.model,
         )
 
-    async def _run(self, call: _Call) -> ExecuteResult:
+    async def _run(self, call: _Call, first: float | None = None) -> ExecuteResult:
+        """The attempts of a call; ``first``: the loop's clock, when the caller has just read it."""
         settings = self._settings
         max_attempts = settings.retries + 1
         while True:
-            now = anyio.current_time()
+            now = first if first is not None else anyio.current_time()
+            first = None
             i = call.force
             if i >= 0:
                 call.force = -1
@@ -742,12 +747,15 @@ class Router:
                     if tpm_entry is not None and b.tpm is not None:
                         b.tpm.correct(tpm_entry, 0, now)
                     return None
-            return await self._send(call, i, b, tpm_entry)
+            return await self._send(call, i, b, tpm_entry, now)
         finally:
             if slots is not None:
                 slots.release()
 
-    async def _send(self, call: _Call, i: int, b: Backend, tpm_entry: list[float] | None) -> ExecuteResult | None:
+    async def _send(
+        self, call: _Call, i: int, b: Backend, tpm_entry: list[float] | None, started: float
+    ) -> ExecuteResult | None:
+        """The attempt itself; ``started``: the loop's clock, read since the last wait."""
         route = call.route
         request = call.request
         request.model = route.models[i]
@@ -763,7 +771,6 @@ class Router:
         route.chose(i, self._seq)
         self._seq += 1
         call.tried |= 1 << i
-        started = anyio.current_time()
         limit = b.timeout
         remaining = call.deadline - started
         request.timeout = limit if limit is not None and limit < remaining else remaining

@@ -12,8 +12,8 @@ import collections
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any, Literal, cast
 
 import anyio
 
@@ -37,27 +37,40 @@ __all__ = [
 _MAX_PROVIDER_MESSAGE = 500
 
 
-@contextlib.contextmanager
-def map_transport_errors(backend: str) -> Iterator[None]:
-    """Translate the HTTP client's exceptions into ``ProviderError`` subclasses (most specific first)."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise errors.UpstreamTimeoutError(
-            f"{backend}: upstream timed out ({type(exc).__name__})", backend=backend
-        ) from None
-    except (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
-        raise errors.UpstreamConnectionError(
-            f"{backend}: connection failed ({type(exc).__name__})", backend=backend
-        ) from None
-    except (httpx.RemoteProtocolError, httpx.LocalProtocolError, httpx.DecodingError) as exc:
-        raise errors.UpstreamProtocolError(
-            f"{backend}: invalid HTTP from upstream ({type(exc).__name__})", backend=backend
-        ) from None
-    except httpx.TransportError as exc:
-        raise errors.UpstreamConnectionError(
-            f"{backend}: transport error ({type(exc).__name__})", backend=backend
-        ) from None
+class map_transport_errors:  # used as a function: ``with map_transport_errors(name):``
+    """Translate the HTTP client's exceptions into ``ProviderError`` subclasses (most specific first).
+
+    A class rather than a ``@contextmanager`` generator: it is entered on every upstream call."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> Literal[False]:
+        if exc is None:
+            return False
+        backend = self.backend
+        if isinstance(exc, httpx.TimeoutException):
+            raise errors.UpstreamTimeoutError(
+                f"{backend}: upstream timed out ({type(exc).__name__})", backend=backend
+            ) from None
+        if isinstance(exc, (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.CloseError)):
+            raise errors.UpstreamConnectionError(
+                f"{backend}: connection failed ({type(exc).__name__})", backend=backend
+            ) from None
+        if isinstance(exc, (httpx.RemoteProtocolError, httpx.LocalProtocolError, httpx.DecodingError)):
+            raise errors.UpstreamProtocolError(
+                f"{backend}: invalid HTTP from upstream ({type(exc).__name__})", backend=backend
+            ) from None
+        if isinstance(exc, httpx.TransportError):
+            raise errors.UpstreamConnectionError(
+                f"{backend}: transport error ({type(exc).__name__})", backend=backend
+            ) from None
+        return False
 
 
 def classify_status(status: int) -> type[errors.ProviderError]:

@@ -20,7 +20,7 @@ import msgspec
 from llm_rpc import errors
 from llm_rpc.config import BackendConfig
 from llm_rpc.providers.base import ProviderRequest, ProviderResponse, StreamItem, TextDelta
-from llm_rpc.types import Message, MockOptions, Usage
+from llm_rpc.types import Message, Usage
 
 __all__ = ["MockProvider", "MockSettings"]
 
@@ -73,7 +73,9 @@ class MockProvider:
 
     def _options(self, request: ProviderRequest) -> MockSettings:
         s = self.settings
-        o = request.mock or MockOptions()
+        o = request.mock
+        if o is None:
+            return s  # no per-request overrides: the backend's settings as they are (never modified)
         return MockSettings(
             latency_ms=s.latency_ms if o.latency_ms is None else o.latency_ms,
             stream_delay_ms=s.stream_delay_ms if o.stream_delay_ms is None else o.stream_delay_ms,

@@ -175,10 +175,8 @@ _encode = msgspec.json.Encoder().encode
 
 def to_wire(request: ProviderRequest, dialect: Dialect, *, stream: bool = False) -> bytes:
     """The JSON body of a Chat Completions call for ``request`` in ``dialect``."""
-    body: dict[str, Any] = {
-        "model": request.model,
-        "messages": msgspec.to_builtins(request.messages),
-    }
+    # The Message Structs are encoded as they are (the same bytes as their builtins), not copied first.
+    body: dict[str, Any] = {"model": request.model, "messages": request.messages}
     if request.max_tokens is not None:
         body[dialect.max_tokens_field] = request.max_tokens
     if request.temperature is not None:
