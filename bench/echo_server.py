@@ -1,4 +1,4 @@
-"""The floor: a bare anyio + msgspec JSON-RPC echo server over stdio or TCP.
+"""The floor: a bare anyio + msgspec JSON-RPC echo server over stdio, TCP or HTTP.
 
 ``--mode inline`` answers inside the read loop; ``--mode task`` starts one anyio task per request
 (what a server must do to run requests concurrently). Replies are coalesced by one writer, as in
@@ -119,13 +119,64 @@ async def serve_tcp(mode: str) -> None:
     await listener.serve(handler)
 
 
+async def serve_http(mode: str) -> None:
+    """JSON-RPC over HTTP/1.1 keep-alive (``POST`` with a Content-Length body; the path is not
+    looked at), the reply as ``application/json``: the floor for ``llm-rpc serve --http``."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    sys.stderr.write(msgspec.json.encode({"event": "listening", "port": port}).decode() + "\n")
+    sys.stderr.flush()
+
+    def response(env: Envelope) -> bytes:
+        body = b'{"jsonrpc":"2.0","id":' + bytes(env.id) + b',"result":' + bytes(env.params) + b"}"
+        return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+            len(body),
+            body,
+        )
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        async with stream, anyio.create_task_group() as tg:
+            buffer = b""
+
+            async def answer(env: Envelope) -> None:
+                await stream.send(response(env))
+
+            while True:
+                head_end = buffer.find(b"\r\n\r\n")
+                if head_end < 0:
+                    try:
+                        data = await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        return
+                    buffer += data
+                    continue
+                head = buffer[:head_end].lower()
+                at = head.find(b"content-length:")
+                length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
+                while len(buffer) < head_end + 4 + length:
+                    try:
+                        buffer += await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        return
+                env = decoder.decode(buffer[head_end + 4 : head_end + 4 + length])
+                buffer = buffer[head_end + 4 + length :]
+                if mode == "inline":
+                    await stream.send(response(env))
+                else:
+                    # One task per request, as llm-rpc's server runs a request; HTTP/1.1 answers one
+                    # request at a time per connection, so the next is read once this one is answered.
+                    tg.start_soon(answer, env)
+
+    await listener.serve(handler)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["inline", "task"], default="task")
-    parser.add_argument("--transport", choices=["stdio", "tcp"], default="stdio")
+    parser.add_argument("--transport", choices=["stdio", "tcp", "http"], default="stdio")
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args()
-    target = serve_stdio if args.transport == "stdio" else serve_tcp
+    target = {"stdio": serve_stdio, "tcp": serve_tcp, "http": serve_http}[args.transport]
     anyio.run(target, args.mode, backend=args.backend)
 
 

@@ -63,20 +63,23 @@ from llm_rpc import Router
 config, in_flight, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 async def main():
     router = Router.from_config(config)
-    lat = []
+    lat = []; overhead = []
     start = time.perf_counter(); warm = start + 0.3; stop = warm + duration
     async def loop():
         while True:
             t = time.perf_counter()
             if t >= stop: return
-            await router.execute(prompt="Hello", model="bench-model")
+            result = await router.execute(prompt="Hello", model="bench-model")
             done = time.perf_counter()
-            if t >= warm: lat.append(done - t)
+            if t >= warm:
+                lat.append(done - t)
+                if result.overhead_us is not None: overhead.append(result.overhead_us)
     await asyncio.gather(*(loop() for _ in range(in_flight)))
     await router.aclose()
     lat.sort()
     print(json.dumps({"rps": len(lat) / duration, "p50_ms": statistics.median(lat) * 1000,
-                      "p99_ms": lat[int(0.99 * len(lat))] * 1000}))
+                      "p99_ms": lat[int(0.99 * len(lat))] * 1000,
+                      "overhead_us_p50": statistics.median(overhead) if overhead else None}))
 asyncio.run(main())
 """
 

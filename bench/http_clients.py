@@ -61,6 +61,9 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     # Not in the default run (--clients NAME): experiments kept for reproduction.
     "httpx-default": ("httpx 0.28, default Limits (100 conns, 20 keep-alive)", ("asyncio", "trio")),
     "httpx2-sharded": ("httpx2, 8 pools taken in turn", ("asyncio", "trio")),
+    # Used by bench/harness.py (bench/run): the floor, and LiteLLM (installed by bench/run only).
+    "llmrpc-direct": ("llm-rpc's client, llm_rpc.providers._client.new_client()", ("asyncio", "trio")),
+    "litellm-router": ("LiteLLM Router acompletion", ("asyncio",)),
 }
 DEFAULT_CLIENTS = ("httpx", "httpx2-default", "httpx2-llmrpc", "httpx-aiohttp", "httpx2-aiohttp", "aiohttp")
 IN_FLIGHT = (1, 64, 256)
@@ -105,6 +108,10 @@ def _versions() -> dict[str, str]:
 
 async def _make_client(client: str, base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
     """``(call, close)`` for one client; ``call`` POSTs BODY and reads the whole response body."""
+    if client == "llmrpc-direct":
+        return _llmrpc_direct(base_url)
+    if client == "litellm-router":
+        return _litellm_router(base_url)
     if client in set(CLIENTS) - {"aiohttp"}:
         # httpx 0.28 lives only in the bench venv (bench/requirements.txt), not in the package's.
         http: Any = importlib.import_module("httpx2" if client.startswith("httpx2") else "httpx")
@@ -154,6 +161,56 @@ async def _make_client(client: str, base_url: str) -> tuple[Call, Callable[[], A
 
 
 SHARDS = int(os.environ.get("BENCH_SHARDS", "8"))
+
+
+def _llmrpc_direct(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """The floor: the client the providers use, built and called the way ``HttpBackend`` does
+    (``new_client`` from the installed package, ``post`` of the encoded body, status checked), and the
+    answer parsed as JSON, which llm-rpc must do too."""
+    from llm_rpc.providers._client import new_client  # the package is installed editable in bench/.venv
+
+    c = new_client(base_url=base_url + "/v1", headers={"content-type": "application/json"}, timeout=TIMEOUT)
+    auth = {"authorization": HEADERS["authorization"]}
+
+    async def call() -> None:
+        response = await c.post("/chat/completions", content=BODY, headers=auth)
+        if not response.is_success:
+            raise RuntimeError(f"status {response.status_code}")
+        json.loads(response.content)
+
+    return call, c.aclose
+
+
+def _litellm_router(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """LiteLLM's ``Router.acompletion`` at the same upstream (``openai/`` provider, a dummy key). The
+    environment (set by bench/harness.py) keeps it on loopback: local cost map, offline mode, no
+    telemetry."""
+    litellm: Any = importlib.import_module("litellm")  # bench/.venv only, installed by bench/run
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "bench-model",
+                "litellm_params": {
+                    "model": "openai/bench-model",
+                    "api_base": base_url + "/v1",
+                    "api_key": "sk-bench-not-a-key",
+                },
+            }
+        ]
+    )
+    messages = [{"role": "user", "content": "Hello"}]
+
+    async def call() -> None:
+        response = await router.acompletion(model="bench-model", messages=messages, max_tokens=16)
+        if not response.choices:
+            raise RuntimeError("no choices")
+
+    async def close() -> None:
+        return None
+
+    return call, close
 
 
 def _sharded_transport(shards: int, per_shard: int) -> Any:
@@ -301,8 +358,40 @@ async def _measure(
     }
 
 
+def _loopback_only() -> None:
+    """Refuse (and report on stderr) any connection or name lookup that is not loopback, from this
+    process: the clients measured here, LiteLLM above all, must not reach anywhere else."""
+    import ipaddress
+
+    def loopback(host: object) -> bool:
+        if host is None or host == "localhost":
+            return True
+        if isinstance(host, bytes):
+            host = host.decode(errors="replace")
+        try:
+            return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        host: object = None
+        if event == "socket.getaddrinfo":
+            host = args[0]
+        elif event == "socket.connect" and isinstance(args[1], tuple):
+            host = args[1][0]
+        else:
+            return
+        if not loopback(host):
+            sys.stderr.write(f"bench: refused a non-loopback {event} to {host!r}\n")
+            raise PermissionError(f"bench: {event} to {host!r} refused: loopback only")
+
+    sys.addaudithook(hook)
+
+
 def worker(args: argparse.Namespace) -> None:
     import anyio
+
+    _loopback_only()
 
     options: dict[str, Any] = {"use_uvloop": True} if args.uvloop else {}
     result = anyio.run(
@@ -386,7 +475,8 @@ def run_cell(
     warmup = 0.4 + (2 if in_flight > 1 else 1) * latency_ms / 1000
     if in_flight == 1 and latency_ms:
         duration = min(duration, 1.0)  # 1 in flight at 200 ms is 5 req/s whatever the client: keep it short
-    argv = [str(VENV_PY), str(Path(__file__).resolve()), "worker", "--client", client, "--backend", backend]
+    # As a module, from the checkout: run as a script, bench/http.py would shadow the standard library's http.
+    argv = [str(VENV_PY), "-m", "bench.http_clients", "worker", "--client", client, "--backend", backend]
     argv += ["--port", str(port), "--in-flight", str(in_flight), "--latency-ms", str(latency_ms)]
     argv += ["--warmup", str(warmup), "--duration", str(duration)]
     if uvloop:

@@ -28,6 +28,9 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    #: Median of the ``overhead_us`` the results reported (calls started in the window), or None
+    #: when no result carried one (a server that does not fill it in yet).
+    overhead_us_p50: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +40,7 @@ class LoadResult:
             "p50_ms": round(self.p50_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
             "errors": self.errors,
+            "overhead_us_p50": None if self.overhead_us_p50 is None else round(self.overhead_us_p50, 1),
         }
 
 
@@ -58,8 +62,14 @@ async def drive(
 ) -> LoadResult:
     """``body`` is a request template containing ``"id":0``, replaced per request."""
     head, _, tail = body.partition(b'"id":0')
+    # One round trip before the clock starts: the server has started and answers.
+    writer.write(head + b'"id":0' + tail + b"\n")
+    await writer.drain()
+    if not await reader.readline():
+        raise RuntimeError("server closed the connection")
     sent: dict[int, float] = {}
     latencies: list[float] = []
+    overheads: list[float] = []
     errors = 0
     next_id = 1
     measuring_from = time.perf_counter() + warmup
@@ -88,6 +98,11 @@ async def drive(
         if measuring_from <= started < stop_at:
             latencies.append(now - started)
             counted += 1
+            result = reply.get("result")
+            if isinstance(result, dict):
+                overhead = result.get("overhead_us")
+                if isinstance(overhead, int | float):
+                    overheads.append(float(overhead))
         if now < stop_at:
             send_one()
             if reader._buffer.find(b"\n") < 0:  # type: ignore[attr-defined]
@@ -105,6 +120,7 @@ async def drive(
         p50_ms=statistics.median(latencies) * 1000 if latencies else float("nan"),
         p99_ms=_percentile(latencies, 0.99) * 1000,
         errors=errors,
+        overhead_us_p50=statistics.median(overheads) if overheads else None,
     )
 
 
