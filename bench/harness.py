@@ -11,7 +11,7 @@ package), with llm-rpc installed into it editable. Nothing is sent anywhere but 
 upstream is ``bench/upstream.py``, provider keys and proxy variables are removed from the
 environment, and LiteLLM runs with its local cost map, offline mode and no telemetry.
 
-    bench/run                     # the whole run, about 8 minutes on 2 cores
+    bench/run                     # the whole run, 6.5-8.5 minutes on 2 shared cores
     bench/run --quick             # one short round (a smoke test)
     bench/run --only gateway      # one section: gateway, mock, cold, concurrency, budgets, policy
 

@@ -7,6 +7,7 @@ The whole harness needs bench/.venv (LiteLLM, the comparison clients) and minute
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,15 @@ def test_targets_are_ratios_within_the_run_and_a_null_overhead_is_not_reported()
     )
     assert "| met |" in text
     assert "not reported" in text
+
+
+def test_a_ratio_is_taken_within_each_round_then_the_median() -> None:
+    def two_rounds(system: str, rps: tuple[float, float]) -> Any:
+        row = _row(system, 0.0, 64, statistics.median(rps), 10.0)
+        row["per_round"] = [{"round": i, "rps": v, "p50_ms": 10.0, "overhead_us_p50": None} for i, v in enumerate(rps)]
+        return row
+
+    # The machine was three times busier in round 0: the ratio within each round is 10x, then 5x.
+    results = {"gateway": [two_rounds("stdio", (1000, 3000)), two_rounds("litellm", (100, 600))]}
+    (ratio,) = [t for t in harness.targets(results) if t["target"].startswith("64 in flight, 0 ms: ≥ 5x")]
+    assert ratio["ratio"] == pytest.approx(7.5)  # not 2000 / 350, the ratio of the medians
