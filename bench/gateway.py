@@ -10,10 +10,18 @@ Against ``bench/upstream.py`` (a fast local OpenAI-compatible upstream, in its o
 At 1 in flight the difference of the p50 latencies is what llm-rpc adds per call (target: at most
 0.15 ms); at 64 and 256 in flight against a 200 ms upstream, throughput against the ideal
 (in-flight / latency; target: 85% at 64). Medians over interleaved rounds, same run.
+
+Each row runs in one or more *flavours* (``--flavours``): the anyio backend and, on asyncio, the
+loop (``serve --loop``), for the server and for the client processes alike; ``--baseline DIR``
+adds the same rows run from another checkout of llm-rpc (for instance ``git worktree add DIR
+HEAD~1``), interleaved with this one's, so that old and new are compared in the same run::
+
+    .venv/bin/python -m bench.gateway --flavours asyncio,trio --baseline /tmp/llm-rpc-before
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
@@ -84,12 +92,64 @@ asyncio.run(main())
 """
 
 
-def _inprocess(config: Path, in_flight: int, duration: float) -> dict[str, Any]:
+#: flavour -> (anyio backend, ``serve --loop``; None: serve's default).
+FLAVOURS: dict[str, tuple[str, str | None]] = {
+    "asyncio": ("asyncio", None),
+    "asyncio-std": ("asyncio", "asyncio"),
+    "uvloop": ("asyncio", "uvloop"),
+    "trio": ("trio", None),
+}
+
+
+class Flavour:
+    """How one row's processes run: which checkout of llm-rpc, which backend, which loop."""
+
+    def __init__(self, name: str, source: Path) -> None:
+        self.name = name
+        self.backend, self.loop = FLAVOURS[name]
+        self.source = source
+        self.label = name if source == ROOT else f"{name}, baseline"
+
+    def prelude(self) -> str:
+        """Run before DIRECT and INPROCESS: llm_rpc from ``source``, and the scripts' asyncio.run
+        (and, under trio, asyncio.gather) replaced by anyio's on the flavour's backend and loop."""
+        code = f"import sys; sys.path.insert(0, {str(self.source)!r})\n"
+        if self.backend == "asyncio" and self.loop != "uvloop":
+            return code
+        options = {"use_uvloop": True} if self.loop == "uvloop" else {}
+        code += "import asyncio, anyio\n"
+        run = f"anyio.run(lambda: coro, backend={self.backend!r}, backend_options={options!r})"
+        code += f"asyncio.run = lambda coro: {run}\n"
+        if self.backend == "trio":
+            code += (
+                "async def _gather(*coros):\n"
+                "    async with anyio.create_task_group() as tg:\n"
+                "        for c in coros:\n"
+                "            tg.start_soon(lambda c=c: c)\n"
+                "asyncio.gather = _gather\n"
+            )
+        return code
+
+    def serve_argv(self) -> list[str]:
+        """``llm-rpc serve`` from ``source``, on the flavour's backend and loop."""
+        if self.source == ROOT:
+            argv = [PY, "-m", "llm_rpc", "serve"]
+        else:
+            code = f"import sys, runpy; sys.path.insert(0, {str(self.source)!r}); "
+            code += "runpy.run_module('llm_rpc', run_name='__main__')"
+            argv = [PY, "-c", code, "serve"]
+        argv += ["--backend", self.backend]
+        if self.loop is not None and self.source == ROOT:
+            argv += ["--loop", self.loop]
+        return argv
+
+
+def _inprocess(config: Path, in_flight: int, duration: float, flavour: Flavour) -> dict[str, Any]:
     import os
 
     env = {**os.environ, "LLM_RPC_BENCH_KEY": "bench-not-a-real-key-0000"}
     done = subprocess.run(
-        [PY, "-c", INPROCESS, str(config), str(in_flight), str(duration)],
+        [PY, "-c", flavour.prelude() + INPROCESS, str(config), str(in_flight), str(duration)],
         capture_output=True,
         text=True,
         check=True,
@@ -101,9 +161,9 @@ def _inprocess(config: Path, in_flight: int, duration: float) -> dict[str, Any]:
     return result
 
 
-def _direct(port: int, in_flight: int, duration: float) -> dict[str, Any]:
+def _direct(port: int, in_flight: int, duration: float, flavour: Flavour) -> dict[str, Any]:
     done = subprocess.run(
-        [PY, "-c", DIRECT, str(port), str(in_flight), str(duration)],
+        [PY, "-c", flavour.prelude() + DIRECT, str(port), str(in_flight), str(duration)],
         capture_output=True,
         text=True,
         check=True,
@@ -132,9 +192,9 @@ models = ["bench-model"]
     return path
 
 
-def _gateway(transport: str, config: Path, in_flight: int, duration: float) -> dict[str, Any]:
+def _gateway(transport: str, config: Path, in_flight: int, duration: float, flavour: Flavour) -> dict[str, Any]:
     flag = ["--stdio"] if transport == "stdio" else ["--tcp", "127.0.0.1:0"]
-    argv = [PY, "-m", "llm_rpc", "serve", *flag, "--config", str(config)]
+    argv = [*flavour.serve_argv(), *flag, "--config", str(config)]
     import os
 
     os.environ["LLM_RPC_BENCH_KEY"] = "bench-not-a-real-key-0000"
@@ -142,24 +202,49 @@ def _gateway(transport: str, config: Path, in_flight: int, duration: float) -> d
     return result.as_dict()
 
 
-def main(rounds: int = 2, duration: float = 2.0) -> dict[str, Any]:
+CELLS = ((0.0, 1), (0.0, 64), (200.0, 64), (200.0, 256))
+KINDS = ("direct", "inprocess", "tcp", "stdio")
+#: kind -> the row's name (the flavour is added in brackets).
+NAMES = {
+    "direct": "direct new_client()",
+    "inprocess": "llm-rpc in-process Router",
+    "tcp": "llm-rpc tcp",
+    "stdio": "llm-rpc stdio",
+}
+
+
+def main(
+    rounds: int = 2,
+    duration: float = 2.0,
+    flavours: tuple[str, ...] = ("asyncio",),
+    baseline: Path | None = None,
+    cells: tuple[tuple[float, int], ...] = CELLS,
+    kinds: tuple[str, ...] = KINDS,
+    output: Path | None = None,
+) -> dict[str, Any]:
     rows: dict[tuple[str, float, int], list[dict[str, Any]]] = {}
-    cells = [(0.0, 1), (0.0, 64), (200.0, 64), (200.0, 256)]
+    runs = [Flavour(name, source) for name in flavours for source in (ROOT, baseline) if source is not None]
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(rounds):
+        for round_index in range(rounds):
+            order = runs if round_index % 2 == 0 else runs[::-1]
             for latency, in_flight in cells:
                 with upstream(latency) as (port, _pid):
                     config = _config(port, Path(tmp))
-                    rows.setdefault(("direct httpx2", latency, in_flight), []).append(
-                        _direct(port, in_flight, duration)
-                    )
-                    rows.setdefault(("llm-rpc in-process Router", latency, in_flight), []).append(
-                        _inprocess(config, in_flight, duration)
-                    )
-                    for transport in ("tcp", "stdio"):
-                        rows.setdefault((f"llm-rpc {transport}", latency, in_flight), []).append(
-                            _gateway(transport, config, in_flight, duration)
-                        )
+                    for flavour in order:
+                        for kind in kinds:
+                            if kind == "direct":
+                                sample = _direct(port, in_flight, duration, flavour)
+                            elif kind == "inprocess":
+                                sample = _inprocess(config, in_flight, duration, flavour)
+                            else:
+                                sample = _gateway(kind, config, in_flight, duration, flavour)
+                            who = f"{NAMES[kind]} [{flavour.label}]"
+                            rows.setdefault((who, latency, in_flight), []).append(sample)
+                            print(
+                                f"  round {round_index + 1}: {who:48} {latency:3.0f} ms {in_flight:4} in flight: "
+                                f"{sample['rps']:8.1f} req/s",
+                                file=sys.stderr,
+                            )
     table = []
     for (who, latency, in_flight), samples in rows.items():
         table.append(
@@ -172,9 +257,16 @@ def main(rounds: int = 2, duration: float = 2.0) -> dict[str, Any]:
                 "p99_ms": round(statistics.median(s["p99_ms"] for s in samples), 3),
             }
         )
-    out = {"rows": table, "measured_at": time.strftime("%Y-%m-%d %H:%M")}
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "gateway.json").write_text(json.dumps(out, indent=2) + "\n")
+    out = {
+        "rows": table,
+        "measured_at": time.strftime("%Y-%m-%d %H:%M"),
+        "rounds": rounds,
+        "flavours": list(flavours),
+        "baseline": str(baseline) if baseline else None,
+    }
+    output = output or ROOT / "bench" / "results" / "gateway.json"
+    output.parent.mkdir(exist_ok=True)
+    output.write_text(json.dumps(out, indent=2) + "\n")
     print(markdown(out))
     return out
 
@@ -191,16 +283,39 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |"
         )
     by = {(r["client"], r["latency_ms"], r["in_flight"]): r for r in results["rows"]}
-    direct = by.get(("direct httpx2", 0.0, 1))
-    if direct:
-        for who in ("llm-rpc in-process Router", "llm-rpc tcp", "llm-rpc stdio"):
-            ours = by.get((who, 0.0, 1))
-            if ours:
+    for client in dict.fromkeys(r["client"] for r in results["rows"]):
+        if not client.startswith(NAMES["direct"]):
+            continue
+        flavour = client[len(NAMES["direct"]) :]
+        direct = by.get((client, 0.0, 1))
+        for kind in ("inprocess", "tcp", "stdio"):
+            ours = by.get((NAMES[kind] + flavour, 0.0, 1))
+            if direct and ours:
                 added = (ours["p50_ms"] - direct["p50_ms"]) * 1000
-                lines.append(f"\n{who} adds {added:.0f} µs per call at p50, 1 in flight")
+                lines.append(f"\n{NAMES[kind]}{flavour} adds {added:.0f} µs per call at p50, 1 in flight")
     return "\n".join(lines)
+
+
+def _cli() -> None:
+    parser = argparse.ArgumentParser(description="llm-rpc against the direct client (issue 3, issue 9)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds measured per cell")
+    parser.add_argument("--flavours", default="asyncio", help="comma-separated, of: " + ",".join(FLAVOURS))
+    parser.add_argument("--baseline", type=Path, default=None, help="another llm-rpc checkout, run beside this one")
+    parser.add_argument(
+        "--cells", default=",".join(f"{lat:g}:{n}" for lat, n in CELLS), help="LATENCY_MS:IN_FLIGHT,..."
+    )
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated, of: " + ",".join(KINDS))
+    parser.add_argument("--output", type=Path, default=None, help="default: bench/results/gateway.json")
+    args = parser.parse_args()
+    flavours = tuple(f for f in args.flavours.split(",") if f)
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    if unknown := sorted(set(flavours) - set(FLAVOURS)) + sorted(set(kinds) - set(KINDS)):
+        raise SystemExit(f"unknown: {unknown}")
+    cells = tuple((float(c.split(":")[0]), int(c.split(":")[1])) for c in args.cells.split(",") if c)
+    main(args.rounds, args.duration, flavours, args.baseline, cells, kinds, args.output)
 
 
 if __name__ == "__main__":
     asyncio.get_event_loop_policy()
-    main()
+    _cli()

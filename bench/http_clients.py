@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
-import importlib.util
 import json
 import os
 import platform
@@ -54,7 +53,9 @@ WIDE = 1000
 CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "httpx": ("httpx 0.28 (httpcore 1.0.9)", ("asyncio", "trio")),
     "httpx2-default": ("httpx2, default Limits (100 conns, 20 keep-alive)", ("asyncio", "trio")),
-    "httpx2-llmrpc": ("httpx2, llm-rpc new_client()", ("asyncio", "trio")),
+    "httpx2-llmrpc": ("llm-rpc new_client(): aiohttp on asyncio, 8 httpx2 pools on trio", ("asyncio", "trio")),
+    "httpx2-llmrpc-pool": ("llm-rpc new_client(use_aiohttp=False): 8 httpx2 pools", ("asyncio", "trio")),
+    "httpx2-llmrpc-uvloop": ("llm-rpc new_client() on uvloop", ("asyncio",)),
     "httpx-aiohttp": ("httpx 0.28 over httpx-aiohttp", ("asyncio",)),
     "httpx2-aiohttp": ("httpx2 over httpx-aiohttp", ("asyncio",)),
     "aiohttp": ("aiohttp (reference)", ("asyncio",)),
@@ -65,7 +66,15 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "llmrpc-direct": ("llm-rpc's client, llm_rpc.providers._client.new_client()", ("asyncio", "trio")),
     "litellm-router": ("LiteLLM Router acompletion", ("asyncio",)),
 }
-DEFAULT_CLIENTS = ("httpx", "httpx2-default", "httpx2-llmrpc", "httpx-aiohttp", "httpx2-aiohttp", "aiohttp")
+DEFAULT_CLIENTS = (
+    "httpx",
+    "httpx2-default",
+    "httpx2-llmrpc-pool",
+    "httpx2-llmrpc",
+    "httpx-aiohttp",
+    "httpx2-aiohttp",
+    "aiohttp",
+)
 IN_FLIGHT = (1, 64, 256)
 LATENCIES_MS = (0, 200)
 TARGET = 0.85  # of the ideal (in flight / latency) at 64 in flight and 200 ms
@@ -86,14 +95,11 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def _load_new_client() -> Any:
-    """``llm_rpc/providers/_client.py`` by path: it needs only httpx2, so the bench venv can run it
-    without installing llm-rpc, and the run measures the settings the providers ship with."""
-    spec = importlib.util.spec_from_file_location("_llm_rpc_client", ROOT / "llm_rpc" / "providers" / "_client.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.new_client
+    """``llm_rpc.providers._client.new_client`` from this checkout (its asyncio transport,
+    ``_aiohttp.py``, is imported from the package), so the run measures the settings the providers
+    ship with. Needs llm-rpc's own imports (msgspec) in bench/.venv."""
+    sys.path.insert(0, str(ROOT))
+    return importlib.import_module("llm_rpc.providers._client").new_client
 
 
 def _versions() -> dict[str, str]:
@@ -115,8 +121,9 @@ async def _make_client(client: str, base_url: str) -> tuple[Call, Callable[[], A
     if client in set(CLIENTS) - {"aiohttp"}:
         # httpx 0.28 lives only in the bench venv (bench/requirements.txt), not in the package's.
         http: Any = importlib.import_module("httpx2" if client.startswith("httpx2") else "httpx")
-        if client == "httpx2-llmrpc":
-            c = _load_new_client()(base_url=base_url, timeout=TIMEOUT)
+        if client.startswith("httpx2-llmrpc"):
+            use_aiohttp = client != "httpx2-llmrpc-pool"
+            c = _load_new_client()(base_url=base_url, timeout=TIMEOUT, use_aiohttp=use_aiohttp)
         elif client.endswith("-default"):
             c = http.AsyncClient(base_url=base_url, timeout=TIMEOUT, trust_env=False)
         else:
@@ -539,7 +546,8 @@ def bench(
                 port, pid = ports[latency]
                 for in_flight in in_flights:
                     for client, backend in order:
-                        cell = run_cell(client, backend, port, pid, in_flight, latency, durations[latency])
+                        uvloop = client.endswith("-uvloop")
+                        cell = run_cell(client, backend, port, pid, in_flight, latency, durations[latency], uvloop)
                         versions = cell.pop("versions", versions)
                         samples.setdefault((client, backend, in_flight, latency), []).append(cell)
                         print(
