@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDict
 from yarl import URL
 
 from llm_rpc.providers._client import httpx
@@ -93,11 +92,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         await self._acquire(request, timeouts.get("pool"))
         payload: _TimedBody | None = None
         try:
-            headers: CIMultiDict[str] = CIMultiDict()
-            for raw_name, raw_value in request.headers.raw:
-                name = raw_name.decode("latin-1")
-                if name.lower() != "transfer-encoding":  # aiohttp adds its own for a body of unknown size
-                    headers.add(name, raw_value.decode("latin-1"))
+            # As pairs, in order, names as written: aiohttp copies them into its own multidict.
+            headers = [
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in request.headers.raw
+                if name.lower() != b"transfer-encoding"  # aiohttp adds its own for a body of unknown size
+            ]
             data: Any
             if isinstance(request.stream, httpx.ByteStream):
                 body = request.content
