@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio", help="anyio event loop")
     serve.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="asyncio's loop: the standard one, or uvloop (the uvloop extra; no faster here)",
+    )
+    serve.add_argument(
         "--budget-store",
         default=None,
         metavar="URL",
@@ -152,6 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         auth_token_env=args.auth_token_env,
         backend=args.backend,
+        loop=args.loop,
         budget_store=args.budget_store,
         http_max_connections=args.http_max_connections,
         http_keepalive_timeout=args.http_keepalive_timeout,

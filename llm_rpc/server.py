@@ -49,6 +49,8 @@ class ServeOptions:
     drain_timeout: float = 30.0
     auth_token_env: str | None = None
     backend: str = "asyncio"
+    #: ``--loop``: ``uvloop`` runs asyncio on uvloop (``event_loop_options``); else the standard loop.
+    loop: str = "asyncio"
     #: ``--budget-store``: overrides the config's ``[budgets] store`` (contracts/budgets.md).
     budget_store: str | None = None
     #: HTTP listeners' limits (contracts/http.md).
@@ -259,9 +261,35 @@ async def _watch_signals(lifecycle: Lifecycle, scope: anyio.CancelScope) -> None
                 return
 
 
+def event_loop_options(backend: str, loop: str) -> dict[str, Any]:
+    """anyio's ``backend_options`` for ``--backend`` and ``--loop``: uvloop is opt-in, asyncio only.
+    It measured no faster here (contracts/decisions.md, "Event loop"), so the standard loop stays.
+
+    Raises:
+        ConfigError: ``--loop uvloop`` with ``--backend trio``, or without uvloop installed.
+    """
+    if loop != "uvloop":
+        return {}
+    import importlib.util
+
+    from llm_rpc.errors import ConfigError
+
+    if backend != "asyncio":
+        raise ConfigError("--loop uvloop runs only with --backend asyncio")
+    if importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("--loop uvloop: uvloop is not installed (pip install 'llm-rpc[uvloop]')")
+    return {"use_uvloop": True}
+
+
 def run(options: ServeOptions) -> int:
-    """Run the server to completion; the process's exit status."""
-    anyio.run(serve, options, backend=options.backend)
+    """Run the server to completion; the process's exit status.
+
+    Raises:
+        ConfigError: ``--loop`` cannot be honoured (``event_loop_options``).
+    """
+    anyio.run(
+        serve, options, backend=options.backend, backend_options=event_loop_options(options.backend, options.loop)
+    )
     return 0
 
 
