@@ -327,9 +327,7 @@ class _Parser:
             self.upgraded = True  # no protocol switch here: the request is answered, then the connection closes
             return
         except httptools.HttpParserCallbackError:
-            # Our own callbacks raise only after naming the error.
-            assert self.error is not None
-            return
+            return  # our own callbacks raise only after setting self.error
         except httptools.HttpParserError as exc:
             self.error = _BadHttp(400, "malformed HTTP request", reason=str(exc))
             return
