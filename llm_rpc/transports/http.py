@@ -616,6 +616,9 @@ class _Connection:
         self.closing = True
         with anyio.move_on_after(1.0), contextlib.suppress(OSError, anyio.BrokenResourceError):
             await self._respond(status, body)
+        # The client may still be sending (an endless header): closing now could reset the
+        # connection before it reads the answer.
+        await self._linger()
 
     async def _timeout_response(self) -> None:
         limit = "header_timeout" if self.phase == _HEAD else "body_timeout"
