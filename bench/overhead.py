@@ -29,11 +29,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from bench import wire_clock
 from bench.http_clients import upstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,11 +210,67 @@ async def _measure(ports: dict[str, int], config: Path, calls: int, rounds: int)
                 "outside_p25_mock_us": p25["mock"] - p25["echo_inline"],
             }
         )
+
+    async def echo_inline_call() -> float:
+        return (await echo_inline.call())[0]
+
+    wire = await _wire(ports, on_mock, echo_inline_call, max(calls, 1000), rounds) if wire_clock.available() else None
     for connection in (gateway, echo, mock, echo_inline):
         connection.writer.close()
     await router.aclose()
     await client.aclose()
-    return _summary(per_round, calls)
+    summary = _summary(per_round, calls)
+    summary["wire"] = wire or {"skipped": "no raw socket on lo here (needs root or CAP_NET_RAW)"}
+    return summary
+
+
+async def _wire(
+    ports: dict[str, int],
+    on_mock: Callable[[], Awaitable[tuple[float, float]]],
+    echo_inline: Callable[[], Awaitable[float]],
+    calls: int,
+    rounds: int,
+) -> dict[str, Any]:
+    """overhead_us on the mock against the loopback wire's timestamps (bench/wire_clock.py).
+
+    The mock and the bare echo (both answer inside the read loop) are called alternately under one
+    capture, one call at a time. Each one's wire span runs from its request's packet to its reply's;
+    the echo's is what the hop costs on the server's side alone (the wake-up, the read, the write,
+    a trivial decode and encode), so the mock's span less the echo's is llm-rpc's own time as the
+    wire sees it. Medians per round, then over rounds."""
+    rows = []
+    for _ in range(rounds):
+        reported: list[float] = []
+        with wire_clock.Capture(frozenset((ports["mock"], ports["echo_inline"]))) as capture:
+            await asyncio.sleep(0.05)
+            for i in range(calls):
+                for which in ("mock", "echo") if i % 2 else ("echo", "mock"):
+                    if which == "mock":
+                        reported.append((await on_mock())[1])
+                    else:
+                        await echo_inline()
+            await asyncio.sleep(0.05)
+        mock = wire_clock.server_spans_us(capture.packets, ports["mock"])
+        echo = wire_clock.server_spans_us(capture.packets, ports["echo_inline"])
+        if len(mock) != calls or len(echo) != calls:
+            return {"error": f"{len(mock)} and {len(echo)} calls seen on the wire for {calls} made each"}
+        row = {
+            "overhead_us_p50": statistics.median(reported),
+            "mock_wire_us_p50": statistics.median(mock),
+            "echo_wire_us_p50": statistics.median(echo),
+            "mock_wire_us_p25": _quantile(mock, 0.25),
+            "echo_wire_us_p25": _quantile(echo, 0.25),
+        }
+        row["outside_us"] = row["mock_wire_us_p50"] - row["echo_wire_us_p50"]
+        row["outside_p25_us"] = row["mock_wire_us_p25"] - row["echo_wire_us_p25"]
+        rows.append(row)
+    out: dict[str, Any] = {"calls_per_round": calls, "rounds": rounds}
+    for key in rows[0]:
+        out[key] = round(statistics.median(row[key] for row in rows), 1)
+    ratios = [row["overhead_us_p50"] / row["outside_us"] for row in rows if row["outside_us"] > 0]
+    out["agreement"] = round(statistics.median(ratios), 3) if ratios else None
+    out["per_round"] = [{k: round(v, 1) for k, v in row.items()} for row in rows]
+    return out
 
 
 def _quantile(values: list[float], q: float) -> float:
