@@ -20,7 +20,6 @@ asyncio) with a minimal raw HTTP/1.1 client, to show it is not what the run meas
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -172,15 +171,16 @@ SHARDS = int(os.environ.get("BENCH_SHARDS", "8"))
 
 def _llmrpc_direct(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
     """The floor: the client the providers use, built and called the way ``HttpBackend`` does
-    (``new_client`` from the installed package, ``post`` of the encoded body, status checked), and the
-    answer parsed as JSON, which llm-rpc must do too."""
+    (``new_client`` from the installed package, ``post_bytes`` of the encoded body to the URL joined
+    once, status checked), and the answer parsed as JSON, which llm-rpc must do too."""
     from llm_rpc.providers._client import new_client  # the package is installed editable in bench/.venv
 
     c = new_client(base_url=base_url + "/v1", headers={"content-type": "application/json"}, timeout=TIMEOUT)
     auth = {"authorization": HEADERS["authorization"]}
+    url = c.build_request("POST", "/chat/completions").url
 
     async def call() -> None:
-        response = await c.post("/chat/completions", content=BODY, headers=auth)
+        response = await c.post_bytes(url, BODY, auth)
         if not response.is_success:
             raise RuntimeError(f"status {response.status_code}")
         json.loads(response.content)
@@ -424,20 +424,11 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def ensure_venv() -> None:
-    """Create bench/.venv and install bench/requirements.txt into it, unless already done."""
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    stamp = VENV / ".requirements.sha256"
-    if VENV_PY.exists() and stamp.exists() and stamp.read_text().strip() == digest:
-        return
-    base = getattr(sys, "_base_executable", sys.executable)
-    print(f"creating {VENV.relative_to(ROOT)} from {REQUIREMENTS.relative_to(ROOT)} ...", file=sys.stderr)
-    subprocess.run([base, "-m", "venv", "--clear", str(VENV)], check=True)
-    pip = [str(VENV_PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    done = subprocess.run([*pip, "-r", str(REQUIREMENTS)], check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f"pip install -r {REQUIREMENTS} failed")
-    stamp.write_text(digest + "\n")
+    """bench/.venv as ``bench/run`` makes it (one venv, one installer: a second one here used to
+    rebuild it from bench/requirements.txt alone and drop LiteLLM and llm-rpc)."""
+    from bench.harness import ensure_venv as ensure
+
+    ensure()
 
 
 def _cpu_seconds(pid: int) -> float:

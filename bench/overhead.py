@@ -122,8 +122,7 @@ async def _measure(ports: dict[str, int], config: Path, calls: int, rounds: int)
         # The same exchange as llm-rpc's: its URL joined once (as HttpBackend does), its auth header,
         # the whole body read; not decoded, since decoding the answer is part of llm-rpc's own time.
         started = time.perf_counter()
-        response = await client.post(url, content=CHAT, headers=auth)
-        response.read()
+        await client.post_bytes(url, CHAT, auth)
         return time.perf_counter() - started
 
     async def in_process() -> tuple[float, float]:

@@ -21,7 +21,7 @@ import msgspec
 from llm_rpc import errors
 from llm_rpc._secret import Secret
 from llm_rpc._version import __version__
-from llm_rpc.providers._client import httpx, new_client
+from llm_rpc.providers._client import UpstreamClient, httpx, new_client
 from llm_rpc.providers._http import map_transport_errors, sse_events
 from llm_rpc.providers.base import ProviderRequest, StreamItem
 
@@ -217,7 +217,7 @@ class HttpBackend:
         self._headers = {header: value for header, value in merged.items() if value}
         self._timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
         self._max_connections = max_connections
-        self._client: httpx.AsyncClient | None = None
+        self._client: UpstreamClient | None = None
         # Each path's whole URL, joined to base_url once: a relative path costs the client two URL
         # parses per request (about half of building one).
         self._urls: dict[str, httpx.URL] = {}
@@ -278,7 +278,7 @@ class HttpBackend:
         key = request.api_key if request.api_key is not None else self._key()
         return {} if key is None else {self.auth_header: f"{self.auth_prefix}{key.reveal()}"}
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> UpstreamClient:
         if self._client is None:
             self._client = new_client(
                 base_url=self.base_url,
@@ -305,7 +305,7 @@ class HttpBackend:
             url = self._urls[path] = client.build_request("POST", path).url
         with map_transport_errors(self.name):
             started = _perf()
-            response = await client.post(url, content=body, headers=auth)
+            response = await client.post_bytes(url, body, auth)
             request.upstream_s = _perf() - started
         if not response.is_success:
             raise self._parse_error(response.status_code, response.headers, response.content)

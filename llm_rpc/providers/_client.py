@@ -19,6 +19,7 @@ import asyncio
 import functools
 import math
 import ssl
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx2 as httpx
@@ -26,7 +27,7 @@ import httpx2 as httpx
 if TYPE_CHECKING:
     from llm_rpc.providers._aiohttp import AiohttpTransport
 
-__all__ = ["ShardedTransport", "UpstreamTransport", "httpx", "new_client"]
+__all__ = ["ShardedTransport", "UpstreamClient", "UpstreamTransport", "httpx", "new_client"]
 
 #: How many independent connection pools one backend's client spreads its requests over.
 POOL_SHARDS = 8
@@ -121,6 +122,47 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             await pool.aclose()
 
 
+class UpstreamClient(httpx.AsyncClient):
+    """httpx's ``AsyncClient`` with one shortcut for the providers' hot path: ``post_bytes``.
+
+    ``AsyncClient.post`` spends about a third of a call's CPU above the transport (merging headers
+    into new ``Headers``, the auth and redirect loops, wrapping the response stream), none of which a
+    plain POST to an API needs. ``post_bytes`` builds the same ``Request`` from the client's own
+    headers and timeout, hands it to the transport and reads the whole body; whenever the client's
+    extra machinery could matter (a cookie, an auth flow, event hooks, a header of the call that
+    replaces one of the client's), it takes ``post`` instead, so the result is the same either way.
+    """
+
+    async def post_bytes(self, url: httpx.URL, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
+        """POST ``content`` to ``url`` (absolute, e.g. from ``build_request``), the response read whole."""
+        defaults = self.headers
+        if self.cookies or self.auth is not None or self._has_hooks or any(name in defaults for name in headers):
+            return await self.post(url, content=content, headers=headers)
+        raw = defaults.raw
+        for name, value in headers.items():
+            raw.append((name.encode("ascii"), value.encode("ascii")))
+        request = httpx.Request("POST", url, headers=raw, content=content, extensions={"timeout": self._timeouts})
+        response = await self._transport_for_url(url).handle_async_request(request)
+        response.request = request
+        response.default_encoding = self._default_encoding
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        if "set-cookie" in response.headers:
+            self.cookies.extract_cookies(response)
+        return response
+
+    @property
+    def _timeouts(self) -> dict[str, float | None]:
+        return self.timeout.as_dict()
+
+    @property
+    def _has_hooks(self) -> bool:
+        hooks = self.event_hooks
+        return bool(hooks["request"] or hooks["response"])
+
+
 def new_client(
     *,
     base_url: str,
@@ -129,7 +171,7 @@ def new_client(
     max_connections: int | None = None,
     use_aiohttp: bool = True,
     **kwargs: Any,
-) -> httpx.AsyncClient:
+) -> UpstreamClient:
     """One pooled keep-alive client per backend, closed by the backend's ``aclose``; ``use_aiohttp``
     as for ``UpstreamTransport``."""
     limits = httpx.Limits(
@@ -138,7 +180,7 @@ def new_client(
         keepalive_expiry=30.0,
     )
     kwargs.setdefault("transport", UpstreamTransport(limits=limits, use_aiohttp=use_aiohttp))
-    return httpx.AsyncClient(
+    return UpstreamClient(
         base_url=base_url,
         headers=headers,
         timeout=httpx.Timeout(timeout, connect=min(timeout or 10.0, 10.0)),

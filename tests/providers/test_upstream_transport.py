@@ -344,3 +344,58 @@ def test_one_client_across_two_event_loops(up: Upstream) -> None:
     anyio.run(call)
     anyio.run(call)
     anyio.run(client.aclose)
+
+
+# -- UpstreamClient.post_bytes: the providers' shortcut, the same request and answer as post -----------------
+
+
+async def test_post_bytes_sends_what_post_sends(echo: _Echo) -> None:
+    client = new_client(base_url=_url(echo, ""), headers={"content-type": "application/json", "x-backend": "b"})
+    try:
+        url = client.build_request("POST", "/echo").url
+        auth = {"authorization": "Bearer canary-not-a-key"}
+        by_post = await client.post(url, content=b'{"a":1}', headers=auth)
+        by_bytes = await client.post_bytes(url, b'{"a":1}', auth)
+        assert by_bytes.status_code == by_post.status_code == 200
+        assert by_bytes.json()["headers"] == by_post.json()["headers"]  # names, order, values
+        assert by_bytes.json()["sha256"] == by_post.json()["sha256"]
+        assert by_bytes.request.url == url
+        assert by_bytes.is_closed
+        assert by_bytes.text == by_bytes.content.decode()
+    finally:
+        await client.aclose()
+
+
+async def test_post_bytes_honours_the_clients_timeout(up: Upstream) -> None:
+    up.handler = lambda req: Reply(hang=5)
+    client = new_client(base_url=up.url, timeout=0.3)
+    try:
+        with anyio.fail_after(5), pytest.raises(httpx.ReadTimeout):
+            await client.post_bytes(client.build_request("POST", "/v1/x").url, b"{}", {})
+    finally:
+        await client.aclose()
+
+
+async def test_post_bytes_keeps_and_sends_cookies_like_post(up: Upstream) -> None:
+    """A cookie set by an answer is kept, and from then on the call goes through ``post`` (which sends it)."""
+    client = new_client(base_url=up.url)
+    try:
+        url = client.build_request("POST", "/v1/x").url
+        up.handler = lambda req: Reply.json({}, headers={"set-cookie": "session=abc; Path=/"})
+        await client.post_bytes(url, b"{}", {})
+        assert client.cookies.get("session") == "abc"
+        up.handler = lambda req: Reply.json({})
+        await client.post_bytes(url, b"{}", {})
+        assert up.requests[-1].headers.get("cookie") == "session=abc"
+    finally:
+        await client.aclose()
+
+
+async def test_post_bytes_lets_a_call_header_replace_the_clients(echo: _Echo) -> None:
+    client = new_client(base_url=_url(echo, ""), headers={"authorization": "Bearer default"})
+    try:
+        r = await client.post_bytes(client.build_request("POST", "/echo").url, b"{}", {"Authorization": "Bearer call"})
+        values = [v for k, v in r.json()["headers"] if k.lower() == "authorization"]
+        assert values == ["Bearer call"]
+    finally:
+        await client.aclose()
