@@ -8,7 +8,7 @@ target is 85%), about 800 req/s at 256. The pool is wide and all kept alive: htt
 Limits (100 connections, 20 kept alive) cap 256 in flight at 200 ms near 480 req/s.
 Its transport still costs about 0.9 ms of CPU per call, so on asyncio the bytes go through
 aiohttp instead (``_aiohttp.AiohttpTransport``, behind the same httpx API); on trio through
-httpx2's own pool, split in eight (``ShardedTransport``). ``UpstreamTransport`` picks per call.
+httpx2's own pool, split in up to 32 filled in order (``ShardedTransport``). ``UpstreamTransport`` picks per call.
 contracts/decisions.md has the numbers (``bench/http_clients.py``).
 Imported only when a real provider is built: the mock path never pays for it.
 """
@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["ShardedTransport", "UpstreamClient", "UpstreamTransport", "httpx", "new_client"]
 
 #: How many independent connection pools one backend's client spreads its requests over.
-POOL_SHARDS = 8
+POOL_SHARDS = 32
+#: Requests in flight on one pool before the next pool is used.
+SHARD_FILL = 8
 
 
 @functools.cache
@@ -40,15 +42,18 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
-    """httpx2's own transport, several times over, taken in turn.
+    """httpx2's own transport, several times over, filled in order.
 
     httpcore2's pool re-examines every connection it holds on each request and on each response
     (for an idle one that means probing its socket), so its cost per call grows with the number
     of connections: at 64 calls in flight one pool spends about a millisecond per call there.
-    Several small pools divide that work by their number, with the same total connections.
+    Several small pools divide that work by their number, with the same total connections. A call
+    goes to the first pool with fewer than ``SHARD_FILL`` calls waiting for their response head
+    (else to the least busy), so light traffic keeps reusing the first pool's few connections (kept
+    alive, one TLS handshake each) and only concurrency spreads over the others.
     """
 
-    def __init__(self, *, limits: httpx.Limits, shards: int = POOL_SHARDS) -> None:
+    def __init__(self, *, limits: httpx.Limits, shards: int = POOL_SHARDS, fill: int = SHARD_FILL) -> None:
         total = limits.max_connections or 1000
         shards = max(1, min(shards, total))  # never more connections than the limit
         per_shard = max(1, math.ceil(total / shards))
@@ -58,20 +63,36 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             max_keepalive_connections=per_shard if keepalive is None else max(1, math.ceil(keepalive / shards)),
             keepalive_expiry=limits.keepalive_expiry,
         )
-        context = _ssl_context()
-        self._pools = [
-            httpx.AsyncHTTPTransport(verify=context, limits=shard_limits, trust_env=False) for _ in range(shards)
-        ]
-        self._next = 0
+        self._limits = shard_limits
+        self._pools: list[httpx.AsyncHTTPTransport | None] = [None] * shards
+        self._busy = [0] * shards
+        self._fill = fill
+
+    def _pick(self) -> int:
+        busy = self._busy
+        fill = self._fill
+        for index, count in enumerate(busy):
+            if count < fill:
+                return index
+        return busy.index(min(busy))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        pool = self._pools[self._next]
-        self._next = (self._next + 1) % len(self._pools)
-        return await pool.handle_async_request(request)
+        index = self._pick()
+        pool = self._pools[index]
+        if pool is None:  # built on first use: light traffic never pays for the rest
+            pool = self._pools[index] = httpx.AsyncHTTPTransport(
+                verify=_ssl_context(), limits=self._limits, trust_env=False
+            )
+        self._busy[index] += 1
+        try:
+            return await pool.handle_async_request(request)
+        finally:
+            self._busy[index] -= 1
 
     async def aclose(self) -> None:
         for pool in self._pools:
-            await pool.aclose()
+            if pool is not None:
+                await pool.aclose()
 
 
 class UpstreamTransport(httpx.AsyncBaseTransport):

@@ -399,3 +399,42 @@ async def test_post_bytes_lets_a_call_header_replace_the_clients(echo: _Echo) ->
         assert values == ["Bearer call"]
     finally:
         await client.aclose()
+
+
+async def test_sequential_calls_reuse_one_connection_with_the_default_pool(echo: _Echo) -> None:
+    """Light traffic stays on one kept-alive connection (on trio the pools are filled in order, not
+    taken in turn, which would open a connection per pool)."""
+    client = new_client(base_url=_url(echo, ""))
+    try:
+        before = echo.connections
+        for _ in range(12):
+            r = await client.post("/echo", content=b"hello")
+            assert r.json()["length"] == 5
+        assert echo.connections - before == 1
+    finally:
+        await client.aclose()
+
+
+async def test_the_trio_pools_fill_in_order_and_spread_under_concurrency(up: Upstream) -> None:
+    from llm_rpc.providers._client import ShardedTransport
+
+    up.handler = lambda req: Reply(delay=0.2)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    transport = ShardedTransport(limits=limits, shards=8, fill=4)
+    client = httpx.AsyncClient(base_url=up.url, transport=transport)
+    try:
+
+        async def one() -> None:
+            response = await client.post("/v1/x", content=b"{}")
+            assert response.status_code == 200
+
+        await one()
+        assert [pool is not None for pool in transport._pools] == [True] + [False] * 7
+        async with anyio.create_task_group() as tg:
+            for _ in range(12):
+                tg.start_soon(one)
+        # 12 at once, 4 per pool: the first three pools and no more.
+        assert [pool is not None for pool in transport._pools] == [True] * 3 + [False] * 5
+        assert transport._busy == [0] * 8
+    finally:
+        await client.aclose()
