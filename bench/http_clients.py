@@ -52,7 +52,7 @@ WIDE = 1000
 CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "httpx": ("httpx 0.28 (httpcore 1.0.9)", ("asyncio", "trio")),
     "httpx2-default": ("httpx2, default Limits (100 conns, 20 keep-alive)", ("asyncio", "trio")),
-    "httpx2-llmrpc": ("llm-rpc new_client(): aiohttp on asyncio, httpx2 pools filled in order on trio", ("asyncio", "trio")),
+    "httpx2-llmrpc": ("llm-rpc new_client(): aiohttp on asyncio, httpx2 pools on trio", ("asyncio", "trio")),
     "httpx2-llmrpc-pool": ("llm-rpc new_client(use_aiohttp=False): httpx2 pools filled in order", ("asyncio", "trio")),
     "httpx2-llmrpc-uvloop": ("llm-rpc new_client() on uvloop", ("asyncio",)),
     "httpx-aiohttp": ("httpx 0.28 over httpx-aiohttp", ("asyncio",)),

@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from time import perf_counter as _perf
 from typing import Any
 
 import anyio
@@ -256,6 +257,7 @@ class _Request:
 
     __slots__ = (
         "accept_sse",
+        "arrived",
         "authorization",
         "chunks",
         "complete",
@@ -274,6 +276,9 @@ class _Request:
     )
 
     def __init__(self) -> None:
+        #: ``perf_counter()`` when its last bytes were read: where its ``overhead_us`` starts, as on
+        #: the other transports (a slow upload is the client's time, not ours).
+        self.arrived = 0.0
         self.method = b""
         self.target = b""
         self.path = b""
@@ -405,6 +410,7 @@ class _Parser:
         request = self.current
         assert request is not None
         request.complete = True
+        request.arrived = _perf()
         self.ready.append(request)
         self.current = None
 
@@ -651,7 +657,7 @@ class _Connection:
                 await self._not_allowed(b"POST")
         elif path == b"/execute":
             if method == b"POST":
-                await self._execute(body)
+                await self._execute(body, head.arrived)
             else:
                 await self._not_allowed(b"POST")
         elif path == b"/metrics" and settings.metrics is not None:
@@ -695,7 +701,7 @@ class _Connection:
     async def _rpc(self, head: _Request, body: bytes) -> None:
         body = body.strip()
         sse = head.accept_sse or _wants_stream(body)
-        exchange, session = self._dispatch(body, sse)
+        exchange, session = self._dispatch(body, sse, head.arrived)
         if session is None:
             if exchange.reply is None:
                 await self._respond(204, b"")  # only notifications
@@ -710,7 +716,7 @@ class _Connection:
             if exchange.reply is not None:
                 await self._respond(200, exchange.reply)
 
-    def _dispatch(self, frame: bytes, sse: bool) -> tuple[_Exchange, _HttpSession | None]:
+    def _dispatch(self, frame: bytes, sse: bool, arrived: float) -> tuple[_Exchange, _HttpSession | None]:
         """Hand ``frame`` to the connection's session. It comes back only when a reply is still to come."""
         exchange = _Exchange(Outbox(self.lifecycle.outbox_limit) if sse else None)
         session = self.session
@@ -721,7 +727,7 @@ class _Connection:
         session.exchange = exchange
         session.closed = False
         try:
-            session.handle_frame(frame)
+            session.handle_frame(frame, arrived)
         except Exception:
             # A bug in dispatch must cost one request, not the connection.
             log.exception("failed to handle a message", extra={"peer": self.peer})
@@ -835,7 +841,7 @@ class _Connection:
 
     # -- llm-connect -----------------------------------------------------------------------------------
 
-    async def _execute(self, body: bytes) -> None:
+    async def _execute(self, body: bytes, arrived: float) -> None:
         """llm-connect's ``POST /execute``: ``{prompt, config}`` in, ``{content, model, usage,
         finish_reason, metadata}`` out; 400 for a bad body, 500 when the call fails."""
         try:
@@ -857,7 +863,7 @@ class _Connection:
             return
         # The body is one JSON object (just checked), so it cannot smuggle members into the envelope.
         frame = b'{"jsonrpc":"2.0","id":0,"method":"execute","params":' + body + b"}"
-        exchange, session = self._dispatch(frame, sse=False)
+        exchange, session = self._dispatch(frame, False, arrived)
         if session is not None:
             await self._await_reply(exchange, session)
         if exchange.reply is None:  # the client left while the call ran

@@ -133,6 +133,39 @@ async def test_the_mock_answered_inline_reports_its_whole_handling_time(config_f
             check(result, outside_ms, upstream=False)
 
 
+async def _http_exchange(port: int, head: bytes, body: bytes, pause: float = 0.0) -> tuple[dict[str, Any], float]:
+    """One POST over a raw socket (the body after ``pause``): the decoded reply and the outside clock, ms."""
+    import json
+
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        started = time.perf_counter()
+        await stream.send(head)
+        if pause:
+            await anyio.sleep(pause)
+        await stream.send(body)
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < int(
+            received.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0] or -1
+        ):
+            received += await stream.receive()
+        outside_ms = (time.perf_counter() - started) * 1000
+    return json.loads(received.partition(b"\r\n\r\n")[2]), outside_ms
+
+
+async def test_execute_over_http_reports_its_overhead_from_the_whole_request(config_file: str) -> None:
+    """Over HTTP too (POST /rpc; llm-connect's /execute answers in its own shape, without the field); it
+    starts when the request's last bytes arrive, so a slow upload is not counted."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"execute","params":{"prompt":"hi","model":"slow-model"}}'
+    head = b"POST /rpc HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+    async with anyio.create_task_group() as tg:
+        bound = await tg.start(serve, ServeOptions(http=[("127.0.0.1", 0)], config=config_file))
+        ((_host, port),) = bound["http"]
+        for pause in (0.0, 0.3):
+            reply, outside_ms = await _http_exchange(port, head, body, pause)
+            check(reply["result"], outside_ms)  # under 25 ms even when the body came 300 ms after the head
+        tg.cancel_scope.cancel()
+
+
 async def test_in_process_calls_report_their_overhead(upstream: Upstream, canary_key: str) -> None:
     config = Config(
         router=RouterSettings(retries=0),
