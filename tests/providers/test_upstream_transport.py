@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 
-from llm_rpc.providers._client import httpx, new_client
+from llm_rpc.providers._client import UpstreamClient, httpx, new_client
 from llm_rpc.providers._http import discard_body
 from tests.upstreams import Reply, Upstream
 
@@ -349,9 +349,19 @@ def test_one_client_across_two_event_loops(up: Upstream) -> None:
 # -- UpstreamClient.post_bytes: the providers' shortcut, the same request and answer as post -----------------
 
 
-async def test_post_bytes_sends_what_post_sends(echo: _Echo) -> None:
-    client = new_client(base_url=_url(echo, ""), headers={"content-type": "application/json", "x-backend": "b"})
+@contextlib.asynccontextmanager
+async def _new_client(**options: Any) -> AsyncIterator[UpstreamClient]:
+    client = new_client(**options)
     try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_post_bytes_sends_what_post_sends(echo: _Echo) -> None:
+    async with _new_client(
+        base_url=_url(echo, ""), headers={"content-type": "application/json", "x-backend": "b"}
+    ) as client:
         url = client.build_request("POST", "/echo").url
         auth = {"authorization": "Bearer canary-not-a-key"}
         by_post = await client.post(url, content=b'{"a":1}', headers=auth)
@@ -362,24 +372,18 @@ async def test_post_bytes_sends_what_post_sends(echo: _Echo) -> None:
         assert by_bytes.request.url == url
         assert by_bytes.is_closed
         assert by_bytes.text == by_bytes.content.decode()
-    finally:
-        await client.aclose()
 
 
 async def test_post_bytes_honours_the_clients_timeout(up: Upstream) -> None:
     up.handler = lambda req: Reply(hang=5)
-    client = new_client(base_url=up.url, timeout=0.3)
-    try:
+    async with _new_client(base_url=up.url, timeout=0.3) as client:
         with anyio.fail_after(5), pytest.raises(httpx.ReadTimeout):
             await client.post_bytes(client.build_request("POST", "/v1/x").url, b"{}", {})
-    finally:
-        await client.aclose()
 
 
 async def test_post_bytes_keeps_and_sends_cookies_like_post(up: Upstream) -> None:
     """A cookie set by an answer is kept, and from then on the call goes through ``post`` (which sends it)."""
-    client = new_client(base_url=up.url)
-    try:
+    async with _new_client(base_url=up.url) as client:
         url = client.build_request("POST", "/v1/x").url
         up.handler = lambda req: Reply.json({}, headers={"set-cookie": "session=abc; Path=/"})
         await client.post_bytes(url, b"{}", {})
@@ -387,32 +391,24 @@ async def test_post_bytes_keeps_and_sends_cookies_like_post(up: Upstream) -> Non
         up.handler = lambda req: Reply.json({})
         await client.post_bytes(url, b"{}", {})
         assert up.requests[-1].headers.get("cookie") == "session=abc"
-    finally:
-        await client.aclose()
 
 
 async def test_post_bytes_lets_a_call_header_replace_the_clients(echo: _Echo) -> None:
-    client = new_client(base_url=_url(echo, ""), headers={"authorization": "Bearer default"})
-    try:
+    async with _new_client(base_url=_url(echo, ""), headers={"authorization": "Bearer default"}) as client:
         r = await client.post_bytes(client.build_request("POST", "/echo").url, b"{}", {"Authorization": "Bearer call"})
         values = [v for k, v in r.json()["headers"] if k.lower() == "authorization"]
         assert values == ["Bearer call"]
-    finally:
-        await client.aclose()
 
 
 async def test_sequential_calls_reuse_one_connection_with_the_default_pool(echo: _Echo) -> None:
     """Light traffic stays on one kept-alive connection (on trio the pools are filled in order, not
     taken in turn, which would open a connection per pool)."""
-    client = new_client(base_url=_url(echo, ""))
-    try:
+    async with _new_client(base_url=_url(echo, "")) as client:
         before = echo.connections
         for _ in range(12):
             r = await client.post("/echo", content=b"hello")
             assert r.json()["length"] == 5
         assert echo.connections - before == 1
-    finally:
-        await client.aclose()
 
 
 async def test_the_trio_pools_fill_in_order_and_spread_under_concurrency(up: Upstream) -> None:
