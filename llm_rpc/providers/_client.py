@@ -66,7 +66,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self._limits = shard_limits
         self._pools: list[httpx.AsyncHTTPTransport | None] = [None] * shards
         self._busy = [0] * shards
-        self._fill = fill
+        self._fill = max(1, min(fill, per_shard))  # a pool never queues while another has room
 
     def _pick(self) -> int:
         busy = self._busy

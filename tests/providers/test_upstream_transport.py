@@ -434,3 +434,18 @@ async def test_the_trio_pools_fill_in_order_and_spread_under_concurrency(up: Ups
         assert transport._busy == [0] * 8
     finally:
         await client.aclose()
+
+
+async def test_a_small_connection_limit_is_used_whole(up: Upstream) -> None:
+    """Two connections allowed, two calls at once: both go out together (one per pool), neither queues."""
+    up.handler = lambda req: Reply(delay=0.3)
+    async with _new_client(base_url=up.url, max_connections=2) as client:
+
+        async def one() -> None:
+            assert (await client.post("/v1/x", content=b"{}")).status_code == 200
+
+        started = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(one)
+        assert anyio.current_time() - started < 0.55
