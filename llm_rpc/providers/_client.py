@@ -19,7 +19,7 @@ import asyncio
 import functools
 import math
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx2 as httpx
@@ -48,7 +48,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     (for an idle one that means probing its socket), so its cost per call grows with the number
     of connections: at 64 calls in flight one pool spends about a millisecond per call there.
     Several small pools divide that work by their number, with the same total connections. A call
-    goes to the first pool with fewer than ``SHARD_FILL`` calls waiting for their response head
+    goes to the first pool with fewer than ``SHARD_FILL`` calls holding or awaiting a connection
     (else to the least busy), so light traffic keeps reusing the first pool's few connections (kept
     alive, one TLS handshake each) and only concurrency spreads over the others.
     """
@@ -85,14 +85,39 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             )
         self._busy[index] += 1
         try:
-            return await pool.handle_async_request(request)
-        finally:
+            response = await pool.handle_async_request(request)
+        except BaseException:
             self._busy[index] -= 1
+            raise
+        # The call holds its connection until its body is read or closed: count it until then.
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Held(response.stream, self._busy, index)
+        return response
 
     async def aclose(self) -> None:
         for pool in self._pools:
             if pool is not None:
                 await pool.aclose()
+
+
+class _Held(httpx.AsyncByteStream):
+    """A response body that uncounts its call from its pool once, when closed."""
+
+    __slots__ = ("_busy", "_index", "_stream")
+
+    def __init__(self, stream: httpx.AsyncByteStream, busy: list[int], index: int) -> None:
+        self._stream = stream
+        self._busy = busy
+        self._index = index
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
+
+    async def aclose(self) -> None:
+        if self._index >= 0:
+            self._busy[self._index] -= 1
+            self._index = -1
+        await self._stream.aclose()
 
 
 class UpstreamTransport(httpx.AsyncBaseTransport):

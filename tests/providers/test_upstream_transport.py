@@ -449,3 +449,16 @@ async def test_a_small_connection_limit_is_used_whole(up: Upstream) -> None:
             for _ in range(2):
                 tg.start_soon(one)
         assert anyio.current_time() - started < 0.55
+
+
+async def test_a_stream_being_read_keeps_its_pool_counted(up: Upstream) -> None:
+    """With two connections, a call made while a stream holds the first one goes out on the second."""
+    up.handler = lambda req: Reply.sse(["data: 1", "data: 2"], chunk_delay=0.5) if req.path.endswith("s") else Reply()
+    async with (
+        _new_client(base_url=up.url, max_connections=2) as client,
+        client.stream("POST", "/v1/s", content=b"{}") as held,
+    ):
+        assert held.status_code == 200
+        with anyio.fail_after(0.4):  # the stream needs a second more: this call must not wait for it
+            assert (await client.post("/v1/x", content=b"{}")).status_code == 200
+        await held.aread()
