@@ -451,6 +451,10 @@ class _Connection:
         self.wait_scope: anyio.CancelScope | None = None
         self.req_tg: anyio.abc.TaskGroup | None = None
         self.session: _HttpSession | None = None
+        #: Set when the reader started for a running request has read (its bytes in ``watched``);
+        #: None when no such reader is pending. It outlives its request: the next read takes its bytes.
+        self.watcher_done: anyio.Event | None = None
+        self.watched = b""
 
     # Lifecycle calls this at shutdown (it takes anything with ``cancel``): an idle connection
     # closes now, a busy one after its response, and a request in flight gets the drain timeout.
@@ -490,6 +494,40 @@ class _Connection:
 
     # -- reading -------------------------------------------------------------------------------------
 
+    async def _read(self) -> bytes:
+        """The client's next bytes (b"" once it has closed), from the watcher when one was reading."""
+        done = self.watcher_done
+        if done is not None:
+            await done.wait()
+            self.watcher_done = None
+            return self.watched
+        try:
+            return await self.stream.receive(READ_CHUNK)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return b""
+
+    def _watch(self) -> None:
+        """Start reading while a request runs (unless a reader is pending already): the client's
+        close cancels its requests at once. One reader per connection at a time, kept across
+        requests rather than cancelled after each (cancelling a pending read costs more than the
+        read)."""
+        if self.watcher_done is None:
+            self.watcher_done = anyio.Event()
+            assert self.req_tg is not None
+            self.req_tg.start_soon(self._watcher, self.watcher_done)
+
+    async def _watcher(self, done: anyio.Event) -> None:
+        try:
+            data = await self.stream.receive(READ_CHUNK)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            data = b""
+        self.watched = data
+        done.set()
+        if not data and self.phase == _BUSY and self.session is not None:
+            log.info("peer disconnected: cancelling its requests", extra={"peer": self.peer})
+            self.closing = True
+            self.session.cancel_all("the client disconnected")
+
     async def _receive(self) -> None:
         phase = self.phase
         if phase == _IDLE:
@@ -503,10 +541,7 @@ class _Connection:
             self.deadline_phase = phase
             timeout = self.settings.header_timeout if phase == _HEAD else self.settings.body_timeout
             self.timer.deadline = anyio.current_time() + timeout
-        try:
-            data = await self.stream.receive(READ_CHUNK)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            data = b""
+        data = await self._read()
         if data:
             if phase == _IDLE:
                 self.phase = _HEAD
@@ -607,9 +642,12 @@ class _Connection:
         with anyio.move_on_after(_LINGER_SECONDS):
             while dropped < _LINGER_BYTES:
                 try:
-                    dropped += len(await self.stream.receive(READ_CHUNK))
+                    data = await self._read()
                 except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return
+                if not data:
+                    return
+                dropped += len(data)
 
     async def _protocol_error(self, exc: _BadHttp) -> None:
         if self.phase not in (_IDLE, _HEAD, _BODY):
@@ -742,19 +780,17 @@ class _Connection:
         assert exchange.done is not None
         done = exchange.done
         self.timer.deadline = math.inf  # the request's own deadline bounds the wait
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch_disconnect, session)
-            with anyio.CancelScope() as wait_scope:
-                self.wait_scope = wait_scope
-                if self.closing:
-                    wait_scope.deadline = anyio.current_time() + self.lifecycle.drain_timeout
+        self._watch()
+        with anyio.CancelScope() as wait_scope:
+            self.wait_scope = wait_scope
+            if self.closing:
+                wait_scope.deadline = anyio.current_time() + self.lifecycle.drain_timeout
+            await done.wait()
+        self.wait_scope = None
+        if wait_scope.cancelled_caught:
+            session.cancel_all("the server stopped before the request finished (drain timeout)")
+            with anyio.move_on_after(1.0):
                 await done.wait()
-            self.wait_scope = None
-            if wait_scope.cancelled_caught:
-                session.cancel_all("the server stopped before the request finished (drain timeout)")
-                with anyio.move_on_after(1.0):
-                    await done.wait()
-            tg.cancel_scope.cancel()
         session.closed = True
         self._write_deadline()
 
@@ -762,20 +798,6 @@ class _Connection:
         """After a long wait: the response must be taken within the body timeout."""
         self.deadline_phase = ""
         self.timer.deadline = anyio.current_time() + self.settings.body_timeout
-
-    async def _watch_disconnect(self, session: Session) -> None:
-        """Read while a request runs: EOF means the client is gone; bytes are its next request."""
-        try:
-            data = await self.stream.receive(READ_CHUNK)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            data = b""
-        if data:
-            self.parser.feed(data)
-            return
-        self.eof = True
-        log.info("peer disconnected: cancelling its requests", extra={"peer": self.peer})
-        self.closing = True
-        session.cancel_all("the client disconnected")
 
     async def _stream_events(self, exchange: _Exchange, session: Session | None) -> None:
         """Server-Sent Events: each notification of the request as it comes, then the reply.
@@ -812,21 +834,19 @@ class _Connection:
                 while data := await events.get():
                     await send(data)
             else:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_disconnect, session)
-                    with anyio.CancelScope() as wait_scope:
-                        self.wait_scope = wait_scope
-                        if self.closing:
-                            wait_scope.deadline = anyio.current_time() + self.lifecycle.drain_timeout
+                self._watch()
+                with anyio.CancelScope() as wait_scope:
+                    self.wait_scope = wait_scope
+                    if self.closing:
+                        wait_scope.deadline = anyio.current_time() + self.lifecycle.drain_timeout
+                    while data := await events.get():
+                        await send(data)
+                self.wait_scope = None
+                if wait_scope.cancelled_caught:
+                    session.cancel_all("the server stopped before the request finished (drain timeout)")
+                    with anyio.move_on_after(1.0):
                         while data := await events.get():
                             await send(data)
-                    self.wait_scope = None
-                    if wait_scope.cancelled_caught:
-                        session.cancel_all("the server stopped before the request finished (drain timeout)")
-                        with anyio.move_on_after(1.0):
-                            while data := await events.get():
-                                await send(data)
-                    tg.cancel_scope.cancel()
                 session.closed = True
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             if session is not None:
