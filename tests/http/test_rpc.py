@@ -300,41 +300,13 @@ async def test_execute_with_stream_true_answers_as_server_sent_events() -> None:
     assert "".join(d["delta"]["content"] for d in deltas) == final["content"] == "Mock answer to: one two three"
 
 
-async def test_a_client_that_disconnects_mid_request_cancels_it() -> None:
-    table = MethodTable()
+def _abandonable(table: MethodTable) -> tuple[anyio.Event, list[str]]:
+    """Adds ``forever``: ``[0]`` answers "done" after 50 ms; anything else runs until cancelled (then
+    "cancelled" is recorded). Returns the event set when such a call starts, and the record."""
     started = anyio.Event()
     outcome: list[str] = []
 
     async def forever(params: list[int], ctx: RequestContext) -> str:
-        started.set()
-        try:
-            await anyio.sleep_forever()
-        finally:
-            outcome.append("cancelled")
-        return "never"  # pragma: no cover
-
-    table.add("forever", forever, params=list[int], result=str)
-    async with listening(table) as server:
-        body = json.dumps(rpc("forever", [])).encode()
-        async with await anyio.connect_tcp(server.host, server.port) as stream:
-            await stream.send(b"POST /rpc HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-            with anyio.fail_after(5):
-                await started.wait()
-        with anyio.fail_after(5):
-            while not outcome:
-                await anyio.sleep(0.01)
-    assert outcome == ["cancelled"]
-
-
-async def test_a_disconnect_is_seen_on_a_kept_alive_connection_after_earlier_requests() -> None:
-    """The reader that watches for the client's close lives across requests: after two answered calls
-    on one connection, a third that the client abandons is cancelled, and a notification-only call
-    between them changes nothing."""
-    table = MethodTable()
-    started = anyio.Event()
-    outcome: list[str] = []
-
-    async def slow(params: list[int], ctx: RequestContext) -> str:
         if params == [0]:
             await anyio.sleep(0.05)
             return "done"
@@ -345,32 +317,56 @@ async def test_a_disconnect_is_seen_on_a_kept_alive_connection_after_earlier_req
             outcome.append("cancelled")
         return "never"  # pragma: no cover
 
-    table.add("slow", slow, params=list[int], result=str)
+    table.add("forever", forever, params=list[int], result=str)
+    return started, outcome
 
-    def post(body: bytes) -> bytes:
-        return b"POST /rpc HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
+def _post(body: bytes) -> bytes:
+    return b"POST /rpc HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+
+async def _cancelled(outcome: list[str]) -> None:
+    with anyio.fail_after(5):
+        while not outcome:
+            await anyio.sleep(0.01)
+    assert outcome == ["cancelled"]
+
+
+async def test_a_client_that_disconnects_mid_request_cancels_it() -> None:
+    table = MethodTable()
+    started, outcome = _abandonable(table)
+    async with listening(table) as server:
+        async with await anyio.connect_tcp(server.host, server.port) as stream:
+            await stream.send(_post(json.dumps(rpc("forever", [])).encode()))
+            with anyio.fail_after(5):
+                await started.wait()
+        await _cancelled(outcome)
+
+
+async def test_a_disconnect_is_seen_on_a_kept_alive_connection_after_earlier_requests() -> None:
+    """The reader that watches for the client's close lives across requests: after two answered calls
+    on one connection, a third that the client abandons is cancelled, and a notification-only call
+    between them changes nothing."""
+    table = MethodTable()
+    started, outcome = _abandonable(table)
     async with listening(table) as server:
         async with await anyio.connect_tcp(server.host, server.port) as stream:
             for i in range(2):
-                await stream.send(post(json.dumps(rpc("slow", [0], id=i)).encode()))
+                await stream.send(_post(json.dumps(rpc("forever", [0], id=i)).encode()))
                 received = b""
                 with anyio.fail_after(5):
                     while b'"done"' not in received:
                         received += await stream.receive()
-            note = json.dumps({"jsonrpc": "2.0", "method": "slow", "params": [0]}).encode()
-            await stream.send(post(note))
+            note = json.dumps({"jsonrpc": "2.0", "method": "forever", "params": [0]}).encode()
+            await stream.send(_post(note))
             with anyio.fail_after(5):
                 received = b""
                 while b"204" not in received:
                     received += await stream.receive()
-            await stream.send(post(json.dumps(rpc("slow", [1], id=3)).encode()))
+            await stream.send(_post(json.dumps(rpc("forever", [1], id=3)).encode()))
             with anyio.fail_after(5):
                 await started.wait()
-        with anyio.fail_after(5):
-            while not outcome:
-                await anyio.sleep(0.01)
-    assert outcome == ["cancelled"]
+        await _cancelled(outcome)
 
 
 async def test_shutdown_closes_idle_connections_and_drains_a_busy_one() -> None:
