@@ -423,14 +423,6 @@ def worker(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def ensure_venv() -> None:
-    """bench/.venv as ``bench/run`` makes it (one venv, one installer: a second one here used to
-    rebuild it from bench/requirements.txt alone and drop LiteLLM and llm-rpc)."""
-    from bench.harness import ensure_venv as ensure
-
-    ensure()
-
-
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (0.0 where /proc is missing)."""
     try:
@@ -698,6 +690,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "worker":
         worker(args)
         return
+    from bench.harness import ensure_venv  # one venv, one installer: bench/run's
+
     ensure_venv()
     if args.command == "capacity":
         print(markdown({"rows": [], "capacity": capacity()}))

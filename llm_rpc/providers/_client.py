@@ -187,7 +187,9 @@ class UpstreamClient(httpx.AsyncClient):
         raw = defaults.raw
         for name, value in headers.items():
             raw.append((name.encode("ascii"), value.encode("ascii")))
-        request = httpx.Request("POST", url, headers=raw, content=content, extensions={"timeout": self._timeouts})
+        request = httpx.Request(
+            "POST", url, headers=raw, content=content, extensions={"timeout": self.timeout.as_dict()}
+        )
         response = await self._transport_for_url(url).handle_async_request(request)
         response.request = request
         response.default_encoding = self._default_encoding
@@ -198,10 +200,6 @@ class UpstreamClient(httpx.AsyncClient):
         if "set-cookie" in response.headers:
             self.cookies.extract_cookies(response)
         return response
-
-    @property
-    def _timeouts(self) -> dict[str, float | None]:
-        return self.timeout.as_dict()
 
     @property
     def _has_hooks(self) -> bool:

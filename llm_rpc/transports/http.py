@@ -23,7 +23,7 @@ import collections
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from time import perf_counter as _perf
@@ -494,17 +494,21 @@ class _Connection:
 
     # -- reading -------------------------------------------------------------------------------------
 
-    async def _read(self) -> bytes:
-        """The client's next bytes (b"" once it has closed), from the watcher when one was reading."""
-        done = self.watcher_done
-        if done is not None:
-            await done.wait()
-            self.watcher_done = None
-            return self.watched
+    async def _recv(self) -> bytes:
+        """One read from the socket; b"" once the client has closed (or the connection broke)."""
         try:
             return await self.stream.receive(READ_CHUNK)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return b""
+
+    async def _read(self) -> bytes:
+        """The client's next bytes (b"" once it has closed), from the watcher when one was reading."""
+        done = self.watcher_done
+        if done is None:
+            return await self._recv()
+        await done.wait()
+        self.watcher_done = None
+        return self.watched
 
     def _watch(self) -> None:
         """Start reading while a request runs (unless a reader is pending already): the client's
@@ -517,11 +521,7 @@ class _Connection:
             self.req_tg.start_soon(self._watcher, self.watcher_done)
 
     async def _watcher(self, done: anyio.Event) -> None:
-        try:
-            data = await self.stream.receive(READ_CHUNK)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            data = b""
-        self.watched = data
+        self.watched = data = await self._recv()
         done.set()
         if not data and self.phase == _BUSY and self.session is not None:
             log.info("peer disconnected: cancelling its requests", extra={"peer": self.peer})
@@ -641,10 +641,7 @@ class _Connection:
         dropped = 0
         with anyio.move_on_after(_LINGER_SECONDS):
             while dropped < _LINGER_BYTES:
-                try:
-                    data = await self._read()
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return
+                data = await self._read()
                 if not data:
                     return
                 dropped += len(data)
@@ -780,19 +777,25 @@ class _Connection:
         assert exchange.done is not None
         done = exchange.done
         self.timer.deadline = math.inf  # the request's own deadline bounds the wait
+        await self._while_running(session, done.wait)
+        self._write_deadline()
+
+    async def _while_running(self, session: Session, work: Callable[[], Awaitable[object]]) -> None:
+        """Run ``work`` (waiting for a request's reply, or relaying its events) while the client's
+        close is watched; at shutdown it gets the drain timeout, then the request is cancelled and
+        ``work`` has a second more to take the error reply."""
         self._watch()
         with anyio.CancelScope() as wait_scope:
             self.wait_scope = wait_scope
             if self.closing:
                 wait_scope.deadline = anyio.current_time() + self.lifecycle.drain_timeout
-            await done.wait()
+            await work()
         self.wait_scope = None
         if wait_scope.cancelled_caught:
             session.cancel_all("the server stopped before the request finished (drain timeout)")
             with anyio.move_on_after(1.0):
-                await done.wait()
+                await work()
         session.closed = True
-        self._write_deadline()
 
     def _write_deadline(self) -> None:
         """After a long wait: the response must be taken within the body timeout."""
@@ -830,24 +833,15 @@ class _Connection:
         events.on_overflow = overflow
         try:
             await stream_send(head + b"\r\n")
-            if session is None:
+
+            async def relay() -> None:
                 while data := await events.get():
                     await send(data)
+
+            if session is None:
+                await relay()
             else:
-                self._watch()
-                with anyio.CancelScope() as wait_scope:
-                    self.wait_scope = wait_scope
-                    if self.closing:
-                        wait_scope.deadline = anyio.current_time() + self.lifecycle.drain_timeout
-                    while data := await events.get():
-                        await send(data)
-                self.wait_scope = None
-                if wait_scope.cancelled_caught:
-                    session.cancel_all("the server stopped before the request finished (drain timeout)")
-                    with anyio.move_on_after(1.0):
-                        while data := await events.get():
-                            await send(data)
-                session.closed = True
+                await self._while_running(session, relay)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             if session is not None:
                 session.cancel_all("the client disconnected")
